@@ -1,0 +1,225 @@
+"""Failed recipients of a bounce: RFC 3464 fields first, else the many prose formats MTAs send."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailer.domain.classify import mime
+from mailer.domain.classify.model import FailedRecipient, Reason
+from mailer.domain.classify.reasons import (
+    reason_from_status,
+    reason_from_text,
+    reply_code_in_text,
+    status_in_text,
+)
+from mailer.domain.classify.report import Report
+
+# Addresses that are the reporting system, never the recipient that failed.
+_SYSTEM_LOCALS = re.compile(
+    r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|mailerdaemon|mailer_daemon|"
+    r"daemon|nobody|root|no-?reply|bounces?|double-bounce|mail-?delivery|"
+    r"abuse|hostmaster|webmaster|mdaemon|smtp)$",
+    re.IGNORECASE,
+)
+_DELAY_WORDS = re.compile(
+    r"delayed|will (?:continue|keep) trying|will be retried|still trying|not yet been delivered|"
+    r"warning: message|delivery (?:is )?delayed|temporar(?:y|ily) (?:failure|error|problem)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    address: str
+    diagnostic: str
+    status: str = ""
+    action: str = ""
+    original_recipient: str = ""
+
+
+def clean_address(value: str) -> str | None:
+    value = value.strip()
+    if ";" in value:
+        value = value.split(";", 1)[1]
+    value = value.strip().strip("<>").strip()
+    if value.lower().startswith("mailto:"):
+        value = value[7:]
+    found = mime.ADDRESS_RE.search(value)
+    if not found:
+        return None
+    addr = found.group(0).strip(".").lower()
+    # Keep a quoted local part only when it is the whole address (Sisimai keeps it too).
+    return addr
+
+
+def _from_blocks(report: Report) -> list[_Found]:
+    found: list[_Found] = []
+    seen: set[str] = set()
+    for block in report.blocks:
+        raw = (
+            block.get("final-recipient")
+            or block.get("x-actual-recipient")
+            or block.get("original-recipient")
+        )
+        if not raw:
+            continue
+        addr = clean_address(raw)
+        if addr is None or addr in seen:
+            continue
+        seen.add(addr)
+        original = clean_address(block.get("original-recipient", "")) or ""
+        found.append(
+            _Found(
+                address=addr,
+                diagnostic=block.get("diagnostic-code", "").partition(";")[2].strip()
+                or block.get("diagnostic-code", ""),
+                status=block.get("status", "").strip(),
+                action=block.get("action", "").strip().lower(),
+                original_recipient=original,
+            )
+        )
+    return found
+
+
+# Lines that name the failed recipient in prose bounces, most specific first.
+_LINE_PATTERNS = (
+    # qmail / Postfix / many: "<user@example.com>:" then the reason
+    re.compile(r"^\s*<([^<>\s]+@[^<>\s]+)>\s*:?\s*(.*)$"),
+    # Sendmail: "user@example.com... User unknown" / "<user@example.com>... "
+    re.compile(r"^\s*<?([^<>\s]+@[^<>\s]+?)>?\.\.\.\s*(.*)$"),
+    # Exim, Gmail, Courier: the address alone, indented, on its own line
+    re.compile(r"^\s+<?([^<>\s:]+@[^<>\s:]+?)>?\s*$"),
+    # "Recipient address: x", "Failed recipient: x", "RCPT TO:<x>", "Original-Recipient: rfc822;x"
+    re.compile(
+        r"(?i)(?:recipient(?:\(s\))?(?: address)?|address(?:ee)?|rcpt to|to|destinatario|destinataire"
+        r"|empf[äa]nger|final-recipient|original-recipient)\s*:\s*(?:rfc822;)?\s*<?([^<>\s,;]+@[^<>\s,;]+?)>?(?:[\s,;.]|$)(.*)$"
+    ),
+    # Bare address at the start of a line followed by a colon and the reason (Exim variants)
+    re.compile(r"^\s*([^<>\s:]+@[^<>\s:]+?)\s*[:(]\s*(.*)$"),
+)
+
+
+def _from_prose(report: Report, exclude: set[str]) -> list[_Found]:
+    lines = report.prose.split("\n")
+    hits: list[tuple[int, str, str]] = []  # (line number, address, rest of line)
+    for number, line in enumerate(lines):
+        for pattern in _LINE_PATTERNS:
+            m = pattern.search(line) if pattern.pattern.startswith("(?i)") else pattern.match(line)
+            if not m:
+                continue
+            addr = clean_address(m.group(1))
+            if addr and not _is_system(addr, exclude):
+                hits.append((number, addr, m.group(2) if m.lastindex and m.lastindex >= 2 else ""))
+            break
+    if not hits:
+        # Last resort: any address in the prose that is not the reporting system or the sender.
+        for number, line in enumerate(lines):
+            for m in mime.ADDRESS_RE.finditer(line):
+                addr = clean_address(m.group(0))
+                if addr and not _is_system(addr, exclude):
+                    hits.append((number, addr, line[m.end() :]))
+    found: list[_Found] = []
+    seen: set[str] = set()
+    for i, (number, addr, rest) in enumerate(hits):
+        if addr in seen:
+            continue
+        seen.add(addr)
+        # The recipient's diagnostic: its own line plus what follows, up to the next recipient.
+        end = (
+            hits[i + 1][0]
+            if i + 1 < len(hits) and hits[i + 1][0] > number
+            else min(len(lines), number + 12)
+        )
+        following = "\n".join(lines[number + 1 : max(end, number + 1)])
+        found.append(_Found(address=addr, diagnostic=(rest + "\n" + following).strip()))
+    return found
+
+
+def _is_system(addr: str, exclude: set[str]) -> bool:
+    local = addr.rsplit("@", 1)[0].strip('"')
+    return addr in exclude or bool(_SYSTEM_LOCALS.match(local))
+
+
+def failed_recipients(
+    report: Report, *, exclude: set[str], fallback_to: str = ""
+) -> list[FailedRecipient]:
+    """Every recipient the report says failed (or was delayed), with reason, status and diagnostic."""
+    found = [
+        f for f in _from_blocks(report) if f.action not in ("delivered", "relayed", "expanded")
+    ]
+    if not found and not report.blocks:
+        found = _from_prose(report, exclude)
+    if not found and fallback_to:
+        # Some reports name no address at all; Sisimai then takes the original's To: header.
+        addr = clean_address(fallback_to)
+        if addr and addr not in exclude:
+            found = [_Found(address=addr, diagnostic="")]
+    single = len(found) == 1
+    out: list[FailedRecipient] = []
+    for f in found:
+        prose_near = report.prose if single else ""
+        out.append(_judge(f, prose_near if not f.diagnostic else prose_near))
+    return out
+
+
+def _judge(f: _Found, prose: str) -> FailedRecipient:
+    diagnostic = re.sub(r"\s+", " ", f.diagnostic).strip()
+    status = _clean_status(f.status)
+    text_status = status_in_text(diagnostic) or (status_in_text(prose) if not status else "")
+    if not status or (status.endswith(".0.0") and text_status and text_status[0] == status[0]):
+        status = text_status or status
+    reason = reason_from_text(diagnostic) if diagnostic else None
+    if reason is None and status:
+        reason = reason_from_status(status)
+    if reason is None and prose:
+        reason = reason_from_text(prose)
+    delayed = f.action == "delayed" or (
+        not f.action and not status and bool(_DELAY_WORDS.search(prose + diagnostic))
+    )
+    if reason is None:
+        reason = Reason.EXPIRED if delayed else Reason.ON_HOLD
+    if not status:
+        code = reply_code_in_text(diagnostic)
+        if code:
+            status = f"{code[0]}.0.0"
+    if status:
+        permanent = status[0] == "5"
+    else:
+        permanent = not delayed
+    if not status:
+        status = "5.0.0" if permanent else "4.0.0"
+    return FailedRecipient(
+        address=f.address,
+        reason=reason,
+        status=status,
+        permanent=permanent,
+        diagnostic=diagnostic[:1000],
+    )
+
+
+def _clean_status(value: str) -> str:
+    m = re.search(r"([245])\.(\d{1,3})\.(\d{1,3})", value)
+    return ".".join(m.groups()) if m else ""
+
+
+def delivered_recipients(report: Report) -> list[FailedRecipient]:
+    """A success DSN: the addresses it reports delivered, for the evidence log."""
+    out = []
+    for f in _from_blocks(report):
+        if f.action in ("delivered", "relayed", "expanded"):
+            out.append(
+                FailedRecipient(
+                    address=f.address,
+                    reason=Reason.DELIVERED,
+                    status=_clean_status(f.status),
+                    permanent=False,
+                    diagnostic=f.diagnostic,
+                )
+            )
+    return out
+
+
+def only_successes(report: Report) -> bool:
+    actions = [f.action for f in _from_blocks(report)]
+    return bool(actions) and all(a in ("delivered", "relayed", "expanded") for a in actions)

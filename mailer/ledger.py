@@ -1,0 +1,254 @@
+"""Ledger CSV files → validated rows; a bad file is refused whole, each bad row as file:line."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+from mailer.config import is_address
+from mailer.domain.calendar import timezone_for
+from mailer.domain.models import Contact, Debtor, DebtorKind, Invoice, Payment
+from mailer.domain.money import parse_amount
+from mailer.errors import ImportRefusedError
+
+INVOICE_REQUIRED = (
+    "invoice_number", "debtor_id", "debtor_name", "debtor_emails", "debtor_lang",
+    "debtor_kind", "country", "currency", "amount", "issue_date", "due_date",
+)  # fmt: skip
+INVOICE_OPTIONAL = ("region", "invoice_pdf", "payment_link")
+PAYMENT_REQUIRED = ("invoice_number", "date", "amount")
+PAYMENT_OPTIONAL = ("reference",)
+LANGS = ("es", "en")
+MAX_PROBLEMS = 200  # a wholly wrong file should not print a million lines
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceRow:
+    line: int
+    debtor: Debtor
+    invoice: Invoice
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    line: int
+    key: str  # what makes re-importing the same payment a no-op
+    payment: Payment
+    reference: str | None
+
+
+class _Semicolon(csv.excel):
+    delimiter = ";"
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, line: int, message: str) -> None:
+        if len(self.items) < MAX_PROBLEMS:
+            self.items.append(f"{self.path}:{line}: {message}")
+        elif len(self.items) == MAX_PROBLEMS:
+            self.items.append(f"{self.path}:{line}: too many problems, stopping here")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ImportRefusedError(self.items)
+
+
+def _rows(
+    path: Path, required: tuple[str, ...], optional: tuple[str, ...], problems: _Problems
+) -> Iterable[tuple[int, dict[str, str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Excel writes a BOM
+    except OSError as exc:
+        problems.add(0, f"cannot read: {exc.strerror}")
+        return
+    except UnicodeDecodeError as exc:
+        problems.add(0, f"not UTF-8 text (byte {exc.start}); export the sheet as CSV UTF-8")
+        return
+    # Spreadsheets in Spanish locales export with ';' (the comma is the decimal separator).
+    first = text.split("\n", 1)[0]
+    dialect = _Semicolon if ";" in first and "," not in first else csv.excel
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    missing = [c for c in required if c not in header]
+    unknown = [c for c in header if c not in required and c not in optional]
+    if missing:
+        problems.add(1, f"missing column(s): {', '.join(missing)}")
+    if unknown:
+        problems.add(
+            1,
+            f"unknown column(s): {', '.join(unknown)} (expected {', '.join(required + optional)})",
+        )
+    if missing or unknown:
+        return
+    for record in reader:
+        line = reader.line_num
+        if None in record:
+            problems.add(line, "more fields than columns")
+            continue
+        if any(v is None for v in record.values()):
+            problems.add(line, "fewer fields than columns")
+            continue
+        values = {k: (v or "").strip() for k, v in record.items() if k is not None}
+        if not any(values.values()):
+            continue  # blank lines at the end of exported sheets
+        yield line, values
+
+
+def _date(value: str, column: str, line: int, problems: _Problems) -> date | None:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        problems.add(line, f"{column} {value!r} is not a date (YYYY-MM-DD)")
+        return None
+
+
+def _amount(value: str, line: int, problems: _Problems) -> Decimal | None:
+    try:
+        amount = parse_amount(value)
+    except ValueError as exc:
+        problems.add(line, f"amount {value!r}: {exc}")
+        return None
+    if amount <= 0:
+        problems.add(line, f"amount {value!r} must be more than zero")
+        return None
+    return amount
+
+
+def _one_line(value: str, column: str, line: int, problems: _Problems) -> bool:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        problems.add(line, f"{column} contains a line break or control character")
+        return False
+    return True
+
+
+def parse_invoices(path: Path) -> list[InvoiceRow]:
+    """Every row of an invoices CSV, or ImportRefusedError listing every bad row."""
+    problems = _Problems(path)
+    result: list[InvoiceRow] = []
+    first_line: dict[str, int] = {}
+    debtor_seen: dict[str, tuple[int, Debtor]] = {}
+    for line, v in _rows(path, INVOICE_REQUIRED, INVOICE_OPTIONAL, problems):
+        ok = all(_one_line(v[c], c, line, problems) for c in v)
+        for column in INVOICE_REQUIRED:
+            if not v[column]:
+                problems.add(line, f"{column} is empty")
+                ok = False
+        if not ok:
+            continue
+        number = v["invoice_number"]
+        if number in first_line:
+            problems.add(line, f"invoice {number} already on line {first_line[number]}")
+            continue
+        first_line[number] = line
+        addresses = [a.strip() for a in v["debtor_emails"].split(";") if a.strip()]
+        bad = [a for a in addresses if not is_address(a)]
+        if bad or not addresses:
+            problems.add(line, f"debtor_emails: not an email address: {', '.join(bad) or '(none)'}")
+            ok = False
+        lang = v["debtor_lang"].lower()
+        if lang not in LANGS:
+            problems.add(
+                line, f"debtor_lang {v['debtor_lang']!r} must be one of {', '.join(LANGS)}"
+            )
+            ok = False
+        try:
+            kind = DebtorKind(v["debtor_kind"].lower())
+        except ValueError:
+            problems.add(line, f"debtor_kind {v['debtor_kind']!r} must be business or consumer")
+            ok = False
+        country = v["country"].upper()
+        region = v.get("region", "").upper() or None
+        try:
+            tz = timezone_for(country, region)
+        except ValueError as exc:
+            problems.add(line, f"country/region: {exc}")
+            ok = False
+        currency = v["currency"].upper()
+        if len(currency) != 3 or not currency.isalpha():
+            problems.add(line, f"currency {v['currency']!r} is not an ISO 4217 code")
+            ok = False
+        amount = _amount(v["amount"], line, problems)
+        issued = _date(v["issue_date"], "issue_date", line, problems)
+        due = _date(v["due_date"], "due_date", line, problems)
+        if issued and due and due < issued:
+            problems.add(line, "due_date is before issue_date")
+            ok = False
+        if not ok or amount is None or issued is None or due is None:
+            continue
+        # Keep the address order: the first one is the main contact.
+        contacts = tuple(Contact(a) for a in dict.fromkeys(a.lower() for a in addresses))
+        debtor = Debtor(
+            id=v["debtor_id"], name=v["debtor_name"], kind=kind, lang=lang, country=country,
+            region=region, timezone=tz, contacts=contacts,
+        )  # fmt: skip
+        seen = debtor_seen.get(debtor.id)
+        if seen and seen[1] != debtor:
+            problems.add(
+                line,
+                f"debtor {debtor.id} differs from line {seen[0]}"
+                " (name, emails, language, kind or country)",
+            )
+            continue
+        debtor_seen.setdefault(debtor.id, (line, debtor))
+        invoice = Invoice(
+            number=number, debtor_id=debtor.id, currency=currency, amount=amount, issue_date=issued,
+            due_date=due, pdf_path=v.get("invoice_pdf") or None,
+            payment_link=v.get("payment_link") or None,
+        )  # fmt: skip
+        result.append(InvoiceRow(line, debtor, invoice))
+    problems.raise_if_any()
+    if not result:
+        raise ImportRefusedError([f"{path}:1: no invoice rows"])
+    return result
+
+
+def parse_payments(path: Path) -> list[PaymentRow]:
+    """Every row of a payments CSV, or ImportRefusedError listing every bad row.
+
+    Without a ``reference`` column a payment is known by (invoice, date, amount, n-th identical
+    row): re-importing the same file, or a later export that repeats earlier payments, adds
+    nothing twice.
+    """
+    problems = _Problems(path)
+    result: list[PaymentRow] = []
+    ordinal: Counter[tuple[str, str, str]] = Counter()
+    references: dict[str, int] = {}
+    for line, v in _rows(path, PAYMENT_REQUIRED, PAYMENT_OPTIONAL, problems):
+        if not all(_one_line(v[c], c, line, problems) for c in v):
+            continue
+        if not v["invoice_number"]:
+            problems.add(line, "invoice_number is empty")
+            continue
+        paid_on = _date(v["date"], "date", line, problems)
+        amount = _amount(v["amount"], line, problems)
+        if paid_on is None or amount is None:
+            continue
+        reference = v.get("reference") or None
+        if reference:
+            if reference in references:
+                problems.add(line, f"reference {reference} already on line {references[reference]}")
+                continue
+            references[reference] = line
+            key = f"ref:{reference}"
+        else:
+            ident = (v["invoice_number"], paid_on.isoformat(), str(amount))
+            ordinal[ident] += 1
+            key = "row:" + "|".join(ident) + f"|{ordinal[ident]}"
+        result.append(
+            PaymentRow(line, key, Payment(v["invoice_number"], paid_on, amount), reference)
+        )
+    problems.raise_if_any()
+    if not result:
+        raise ImportRefusedError([f"{path}:1: no payment rows"])
+    return result

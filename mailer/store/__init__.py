@@ -1,0 +1,1 @@
+"""Persistence: SQLite through sqlite-utils, migrations, the ledger and the outbox."""

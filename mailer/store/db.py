@@ -1,0 +1,212 @@
+"""The SQLite database: opening it (WAL), migrations in code, and the append-only event chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from mailer.store.schema import MIGRATIONS
+
+GENESIS = "0" * 64
+
+# (kind, data, case_id, message_id, debtor_id)
+EventItem = tuple[str, dict[str, Any], int | None, int | None, str | None]
+
+
+def iso(moment: datetime) -> str:
+    """Aware datetimes are stored as UTC ISO 8601 text, which sorts as time."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: mailer stores aware UTC times only")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def canonical(data: Any) -> str:
+    """The JSON form that is hashed: sorted keys, no spaces, non-ASCII kept, Decimals as text."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+class Store:
+    """One open database. Writes go through ``transaction()``; events are only ever appended."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection = db.conn
+
+    @classmethod
+    def open(cls, path: Path | str | None) -> Store:
+        """Open (creating if needed) and migrate. ``None`` opens an in-memory database."""
+        # isolation_level=None: no implicit transactions; every write says where it begins.
+        if path is None:
+            db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            db = sqlite_utils.Database(conn)
+            # WAL lets the review page and `mailer status` read while the daemon writes;
+            # synchronous=FULL because a committed "sent" must survive a power cut.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=30000")
+        store = cls(db)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT: all or nothing, and the write lock taken up front."""
+        if self.conn.in_transaction:
+            yield self.conn  # nested use joins the outer transaction
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- migrations -----------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        if not self.db["migrations"].exists():
+            return 0
+        row = self.conn.execute("SELECT max(version) FROM migrations").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations, each in one transaction together with its record."""
+        applied: list[int] = []
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = self.schema_version()
+        for version, name, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            with self.transaction() as conn:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO migrations (version, name, applied_at) "
+                    "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                    (version, name),
+                )
+            applied.append(version)
+        return applied
+
+    # --- the event chain --------------------------------------------------------------------
+
+    def append_event(
+        self,
+        at: datetime,
+        kind: str,
+        data: dict[str, Any] | None = None,
+        *,
+        case_id: int | None = None,
+        message_id: int | None = None,
+        debtor_id: str | None = None,
+    ) -> int:
+        """Append one event whose hash covers the previous event's hash (a hash chain)."""
+        self.append_events(at, [(kind, data or {}, case_id, message_id, debtor_id)])
+        row = self.conn.execute("SELECT max(id) FROM events").fetchone()
+        return int(row[0])
+
+    def append_events(self, at: datetime, items: list[EventItem]) -> None:
+        """Append events in order, each hash covering the one before; one statement for many."""
+        if not items:
+            return
+        with self.transaction() as conn:
+            row = conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            prev = row[0] if row else GENESIS
+            stamp = iso(at)
+            rows = []
+            for kind, data, case_id, message_id, debtor_id in items:
+                body = canonical(
+                    {
+                        "at": stamp,
+                        "kind": kind,
+                        "case_id": case_id,
+                        "message_id": message_id,
+                        "debtor_id": debtor_id,
+                        "data": data,
+                    }
+                )
+                digest = event_hash(prev, body)
+                rows.append((stamp, kind, case_id, message_id, debtor_id, body, prev, digest))
+                prev = digest
+            conn.executemany(
+                "INSERT INTO events (at, kind, case_id, message_id, debtor_id, body,"
+                " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def events(self, case_id: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT id, at, kind, case_id, message_id, debtor_id, body FROM events"
+        args: tuple[Any, ...] = ()
+        if case_id is not None:
+            sql += " WHERE case_id = ?"
+            args = (case_id,)
+        rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [
+            {
+                "id": r[0],
+                "at": r[1],
+                "kind": r[2],
+                "case_id": r[3],
+                "message_id": r[4],
+                "debtor_id": r[5],
+                "data": json.loads(r[6])["data"],
+            }
+            for r in rows
+        ]
+
+    def verify_chain(self) -> int | None:
+        """Id of the first event whose hash or link does not hold, or None when all hold."""
+        prev = GENESIS
+        for event_id, body, prev_hash, digest in self.conn.execute(
+            "SELECT id, body, prev_hash, hash FROM events ORDER BY id"
+        ):
+            if prev_hash != prev or event_hash(prev_hash, body) != digest:
+                return int(event_id)
+            prev = digest
+        return None
+
+    # --- content-addressed raw messages -------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` once under its SHA-256 (compressed); returns the hex digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        self.conn.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
+            (digest, len(data), zlib.compress(data, 6)),
+        )
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        row = self.conn.execute("SELECT data FROM blobs WHERE sha256 = ?", (digest,)).fetchone()
+        if row is None:
+            raise KeyError(digest)
+        return zlib.decompress(row[0])
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        cursor = self.conn.execute(sql, args)
+        cursor.row_factory = sqlite3.Row  # type: ignore[assignment]
+        return cursor.fetchall()
+
+
+def event_hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()

@@ -1,0 +1,113 @@
+"""The database schema as ordered migrations; each runs once, in a transaction with its record."""
+
+from __future__ import annotations
+
+# Money is stored as decimal TEXT ("1210.00"), never REAL. Times are UTC ISO 8601 TEXT.
+# Events and blobs are evidence: triggers make them append-only at the database level too.
+_V1 = [
+    """CREATE TABLE debtors (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('business', 'consumer')),
+        lang TEXT NOT NULL,
+        country TEXT NOT NULL,
+        region TEXT,
+        timezone TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    """CREATE TABLE contacts (
+        id INTEGER PRIMARY KEY,
+        debtor_id TEXT NOT NULL REFERENCES debtors(id),
+        address TEXT NOT NULL COLLATE NOCASE,
+        position INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        status_reason TEXT,
+        updated_at TEXT NOT NULL,
+        UNIQUE (debtor_id, address))""",
+    "CREATE INDEX contacts_address ON contacts (address)",
+    """CREATE TABLE invoices (
+        number TEXT PRIMARY KEY,
+        debtor_id TEXT NOT NULL REFERENCES debtors(id),
+        currency TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        issue_date TEXT NOT NULL,
+        due_date TEXT NOT NULL,
+        pdf_path TEXT,
+        payment_link TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    "CREATE INDEX invoices_debtor ON invoices (debtor_id)",
+    """CREATE TABLE payments (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        invoice_number TEXT NOT NULL REFERENCES invoices(number),
+        paid_on TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        reference TEXT,
+        source TEXT,
+        imported_at TEXT NOT NULL)""",
+    "CREATE INDEX payments_invoice ON payments (invoice_number)",
+    """CREATE TABLE cases (
+        id INTEGER PRIMARY KEY,
+        debtor_id TEXT NOT NULL REFERENCES debtors(id),
+        status TEXT NOT NULL,
+        status_reason TEXT,
+        paused_until TEXT,
+        campaign TEXT NOT NULL,
+        identity TEXT,
+        opened_at TEXT NOT NULL,
+        closed_at TEXT,
+        next_action_at TEXT)""",
+    # At most one open case per debtor: all of their unpaid invoices are chased together.
+    "CREATE UNIQUE INDEX cases_open ON cases (debtor_id) WHERE closed_at IS NULL",
+    "CREATE INDEX cases_next ON cases (next_action_at) WHERE closed_at IS NULL",
+    """CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        data BLOB NOT NULL)""",
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        step INTEGER NOT NULL,
+        step_name TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        scheduled_at TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        raw_sha256 TEXT REFERENCES blobs(sha256),
+        in_reply_to TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT,
+        deadline_at TEXT,
+        last_error TEXT,
+        receipt TEXT,
+        sent_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (case_id, step))""",
+    "CREATE INDEX messages_state ON messages (state, next_attempt_at)",
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        case_id INTEGER,
+        message_id INTEGER,
+        debtor_id TEXT,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL)""",
+    "CREATE INDEX events_case ON events (case_id)",
+    """CREATE TRIGGER events_append_only_u BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END""",
+    """CREATE TRIGGER events_append_only_d BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END""",
+    """CREATE TRIGGER blobs_append_only_u BEFORE UPDATE ON blobs
+        BEGIN SELECT RAISE(ABORT, 'stored messages are never changed'); END""",
+]
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "ledger, cases, outbox, events", _V1),
+]
