@@ -189,6 +189,12 @@ def _one_line(text: str) -> str:
     return " ".join(cleaned.split())
 
 
+def _tidy_text(text: str) -> str:
+    # Optional lines left empty by `{% if %}` must not pile up into holes in the email.
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)) + "\n"
+
+
 def _with_opt_out_text(text: str, line: str) -> str:
     return f"{text.rstrip()}\n\n{line}\n"
 
@@ -217,7 +223,7 @@ def render(
     subject = _one_line(_render_part(templates, lang, name, "subject.txt", context))
     if not subject:
         raise ConfigError([f"{templates.path(lang, name, 'subject.txt')}:1: empty subject"])
-    text = _render_part(templates, lang, name, "txt", context).strip() + "\n"
+    text = _tidy_text(_render_part(templates, lang, name, "txt", context))
     html = _render_part(templates, lang, name, "html", context)
     if opt_out_line:
         text = _with_opt_out_text(text, opt_out_line)

@@ -115,6 +115,7 @@ def build_context(
     interest, compensation = case_totals(computed)
     balance = sum((r["balance"] for r in rows), ZERO)
     links = {r["payment_link"] for r in rows}
+    rates = [c.segments[-1].rate for c in computed if c.segments]
     debtor = case.debtor
     return {
         "creditor": {
@@ -143,6 +144,8 @@ def build_context(
             "compensation": compensation,
             "total_due": cents(balance + interest + compensation),
             "interest_basis": computed[0].basis,
+            # Annual percent in force on the last day counted (None while nothing is overdue).
+            "interest_rate": rates[-1] if rates else None,
             "oldest_due_date": invoices[0].due_date,
             "max_days_overdue": max(c.days_overdue for c in computed),
         },

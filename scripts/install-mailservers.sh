@@ -40,11 +40,12 @@ cleanup() { if [ "$OWN_POLICY" = 1 ]; then rm -f "$POLICY"; fi; }
 trap cleanup EXIT
 
 apt_install() {
-    apt-get install -y --no-install-recommends -o Dpkg::Options::=--force-confold "${PACKAGES[@]}"
+    apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 \
+        -o Dpkg::Options::=--force-confold "${PACKAGES[@]}"
 }
 # the package lists may be missing (fresh machine) or stale: update once, then retry
 if ! apt-cache show "${PACKAGES[@]}" >/dev/null 2>&1 || ! apt_install; then
-    apt-get update
+    apt-get -o DPkg::Lock::Timeout=300 update
     apt_install
 fi
 

@@ -327,7 +327,10 @@ def next_slot(earliest: datetime, tz: str, policy: Policy, cal: HolidayCalendar)
 
     That is an allowed weekday, not a holiday when ``policy.skip_holidays``, and inside
     [window_start, window_end) on the debtor-local wall clock; the result is aware UTC.
-    Windows do not cross midnight. ValueError if the policy can never send.
+    Windows do not cross midnight. ValueError if the policy can never send. Once past the
+    window's end the search moves to the next day, so when an autumn night repeats the
+    window's end hour, the repeated part of the window is not used: a later slot, never a
+    wrong one.
     """
     if earliest.tzinfo is None:
         raise ValueError(f"naive datetime {earliest}: pass aware UTC")

@@ -263,7 +263,9 @@ def import_payments(
                 report.unchanged += 1
                 continue
             if row.payment.paid_on > now.date():
-                problems.append(f"{source}:{row.line}: payment date {row.payment.paid_on} is in the future")
+                problems.append(
+                    f"{source}:{row.line}: payment date {row.payment.paid_on} is in the future"
+                )
                 continue
             paid[number] += row.payment.amount
             if paid[number] > invoices[number][1]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email
 import email.policy
+import imaplib
 import json
 import os
 import pwd
@@ -153,8 +154,25 @@ class MailEnv:
         with (self.dir / "dovecot" / "users").open("a", encoding="utf-8") as f:
             f.write(f"{user}:{{PLAIN}}{self.password}::::::\n")
         vmailbox = self.postfix_conf / "vmailbox"
-        lines = vmailbox.read_text(encoding="utf-8").splitlines() + [f"{user} ok"]
-        self._write_table("vmailbox", lines)
+        self._write_table(
+            "vmailbox", [*vmailbox.read_text(encoding="utf-8").splitlines(), f"{user} ok"]
+        )
+        self._wait_for_login(user)
+
+    def _wait_for_login(self, user: str, timeout: float = 5.0) -> None:
+        # Dovecot stats its passwd-file at most once per wall-clock second: a lookup in the
+        # second of the edit may still say "User doesn't exist" (and LMTP would bounce).
+        deadline = time.monotonic() + timeout
+        while True:
+            time.sleep(1.02 - time.time() % 1)
+            try:
+                with imaplib.IMAP4(self.host, self.imap_port, timeout=5) as client:
+                    client.login(user, self.password)
+                    client.logout()
+                return
+            except imaplib.IMAP4.error as exc:
+                if time.monotonic() > deadline:
+                    raise MailEnvError(f"Dovecot does not know {user} yet") from exc
 
     def queue(self) -> str:
         """Postfix's queue listing (``postqueue -p``)."""

@@ -87,9 +87,7 @@ class RemoteMX:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
 
-    async def handle_DATA(
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         rcpts = ", ".join(f"<{r}>" for r in envelope.rcpt_tos)
         hdr = f"X-Envelope-From: <{envelope.mail_from}>\r\nX-Envelope-To: {rcpts}\r\n"
         data = envelope.original_content or envelope.content or b""

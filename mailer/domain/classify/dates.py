@@ -75,15 +75,50 @@ _DAY_ONLY = re.compile(
     r"(?P<day>[0-3]?\d)(?:st|nd|rd|th|º|°|\.)?(?!\s*(?:%|€|\$|eur|euros|d[ií]as|days|horas|hours|[:/.,]\d))\b"
 )
 _RELATIVE: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\b(?:end of (?:the |this )?month|month[- ]end|a? ?(?:fin(?:al)?(?:es)?) de(?:l)? mes|fin du mois|ende des monats|monatsende|final do m[eê]s)\b"), "month_end"),
-    (re.compile(r"\b(?:end of next month|a? ?(?:fin(?:al)?(?:es)?) del? (?:mes que viene|pr[oó]ximo mes))\b"), "next_month_end"),
-    (re.compile(r"\b(?:next week|la semana que viene|la pr[oó]xima semana|la semana pr[oó]xima|semaine prochaine|n[aä]chste woche|pr[oó]xima semana|semana que vem)\b"), "next_week"),
+    (
+        re.compile(
+            r"\b(?:end of (?:the |this )?month|month[- ]end|a? ?(?:fin(?:al)?(?:es)?) de(?:l)? mes|fin du mois|ende des monats|monatsende|final do m[eê]s)\b"
+        ),
+        "month_end",
+    ),
+    (
+        re.compile(
+            r"\b(?:end of next month|a? ?(?:fin(?:al)?(?:es)?) del? (?:mes que viene|pr[oó]ximo mes))\b"
+        ),
+        "next_month_end",
+    ),
+    (
+        re.compile(
+            r"\b(?:next week|la semana que viene|la pr[oó]xima semana|la semana pr[oó]xima|semaine prochaine|n[aä]chste woche|pr[oó]xima semana|semana que vem)\b"
+        ),
+        "next_week",
+    ),
     (re.compile(r"\b(?:this week|esta semana|cette semaine|diese woche)\b"), "this_week"),
-    (re.compile(r"\b(?:next month|el mes que viene|el pr[oó]ximo mes|mois prochain|n[aä]chsten monat|pr[oó]ximo m[eê]s)\b"), "next_month_end"),
-    (re.compile(r"\b(?:day after tomorrow|pasado ma[nñ]ana|depois de amanh[aã]|apr[eè]s-demain|[uü]bermorgen)\b"), "plus2"),
-    (re.compile(r"\b(?:tomorrow|(?<!por la )(?<!de la )(?<!esta )ma[nñ]ana(?! por la)|amanh[aã]|demain|morgen)\b"), "plus1"),
+    (
+        re.compile(
+            r"\b(?:next month|el mes que viene|el pr[oó]ximo mes|mois prochain|n[aä]chsten monat|pr[oó]ximo m[eê]s)\b"
+        ),
+        "next_month_end",
+    ),
+    (
+        re.compile(
+            r"\b(?:day after tomorrow|pasado ma[nñ]ana|depois de amanh[aã]|apr[eè]s-demain|[uü]bermorgen)\b"
+        ),
+        "plus2",
+    ),
+    (
+        re.compile(
+            r"\b(?:tomorrow|(?<!por la )(?<!de la )(?<!esta )ma[nñ]ana(?! por la)|amanh[aã]|demain|morgen)\b"
+        ),
+        "plus1",
+    ),
     (re.compile(r"\b(?:today|hoy|hoje|aujourd'hui|heute)\b"), "plus0"),
-    (re.compile(r"\b(?:in|en|within|dentro de|em|dans|in den n[aä]chsten)\s+(?P<n>\d{1,2})\s+(?:days|d[ií]as|dias|jours|tage[n]?)\b"), "plus_n"),
+    (
+        re.compile(
+            r"\b(?:in|en|within|dentro de|em|dans|in den n[aä]chsten)\s+(?P<n>\d{1,2})\s+(?:days|d[ií]as|dias|jours|tage[n]?)\b"
+        ),
+        "plus_n",
+    ),
 )
 
 
@@ -104,7 +139,9 @@ def normalize(text: str) -> str:
     return "".join(out)
 
 
-def _on_or_after(ref: date, month: int, day: int, year: int | None, *, strictly: bool = False) -> date | None:
+def _on_or_after(
+    ref: date, month: int, day: int, year: int | None, *, strictly: bool = False
+) -> date | None:
     try:
         if year is not None:
             return date(year, month, day)
@@ -169,7 +206,12 @@ def find_dates(text: str, ref: date) -> list[DateMention]:
                 day, month = month, day  # a US-style 03/15
             if not (1 <= month <= 12 and 1 <= day <= 31):
                 continue
-            if kind == "numeric" and m.group("year") is None and "." in m.group(0) and not m.group(0).endswith("."):
+            if (
+                kind == "numeric"
+                and m.group("year") is None
+                and "." in m.group(0)
+                and not m.group(0).endswith(".")
+            ):
                 # "1.5" or "2.50" is more likely an amount than the 1st of May
                 if len(m.group(0).split(".")[1]) != 2:
                     continue

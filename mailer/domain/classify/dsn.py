@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailer.domain.classify import mime
@@ -136,20 +138,68 @@ def _from_prose(report: Report, exclude: set[str]) -> list[_Found]:
     return found
 
 
+def _near(prose: str, address: str) -> str:
+    at = prose.lower().find(address)
+    return prose[at : at + 600] if at >= 0 else prose
+
+
+def _from_json(prose: str) -> list[_Found]:
+    """Amazon SES notifications delivered as an SNS email: JSON with bouncedRecipients."""
+    if "bouncedRecipients" not in prose:
+        return []
+    try:
+        outer = json.loads(prose.strip())
+        inner = json.loads(outer["Message"]) if isinstance(outer.get("Message"), str) else outer
+        listed = inner["bounce"]["bouncedRecipients"]
+        bounce_type = str(inner["bounce"].get("bounceType", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    found = []
+    for item in listed if isinstance(listed, list) else []:
+        if not isinstance(item, dict):
+            continue
+        addr = clean_address(str(item.get("emailAddress", "")))
+        if addr:
+            status = str(item.get("status", "")) or ("5.0.0" if bounce_type == "Permanent" else "")
+            code = str(item.get("diagnosticCode", ""))
+            found.append(
+                _Found(
+                    address=addr,
+                    diagnostic=code.partition(";")[2] or code,
+                    status=status,
+                    action=str(item.get("action", "")),
+                )
+            )
+    return found
+
+
 def _is_system(addr: str, exclude: set[str]) -> bool:
     local = addr.rsplit("@", 1)[0].strip('"')
     return addr in exclude or bool(_SYSTEM_LOCALS.match(local))
 
 
 def failed_recipients(
-    report: Report, *, exclude: set[str], fallback_to: str = ""
+    report: Report,
+    *,
+    exclude: set[str],
+    listed: Sequence[str] = (),
+    fallback_to: str = "",
 ) -> list[FailedRecipient]:
     """Every recipient the report says failed (or was delayed), with reason, status and diagnostic."""
     found = [
         f for f in _from_blocks(report) if f.action not in ("delivered", "relayed", "expanded")
     ]
+    if not found:
+        found = _from_json(report.prose)
     if not found and not report.blocks:
         found = _from_prose(report, exclude)
+    if listed:
+        # Exim's X-Failed-Recipients is the authoritative list; the prose only adds diagnostics.
+        by_address = {f.address: f for f in found}
+        found = [
+            by_address.get(a) or _Found(address=a, diagnostic=_near(report.prose, a))
+            for a in listed
+        ]
     if not found and fallback_to:
         # Some reports name no address at all; Sisimai then takes the original's To: header.
         addr = clean_address(fallback_to)

@@ -83,12 +83,20 @@ def classify_intent(text: str, ref: date) -> tuple[Intent, date | None]:
     if _DISPUTE.search(low):
         return Intent.DISPUTE, None
     negated = bool(_NEGATED_PROMISE.search(low))
-    if _PAID.search(low) and not re.search(r"\b(?:todavia|aun) no (?:hemos|he) pagado|\bnot (?:yet )?(?:been )?paid\b|\bhaven'?t paid\b", low):
+    if _PAID.search(low) and not re.search(
+        r"\b(?:todavia|aun) no (?:hemos|he) pagado|\bnot (?:yet )?(?:been )?paid\b|\bhaven'?t paid\b",
+        low,
+    ):
         return Intent.PAID_ALREADY, None
     promise = _PROMISE.search(low)
     if _HARDSHIP.search(low) or negated:
         # "can we pay in instalments" or "I can't pay now" is hardship even when a date follows.
-        if not promise or negated or _HARDSHIP.search(low[: promise.start()]) or re.search(r"plazos|instal+ment|payment plan", low):
+        if (
+            not promise
+            or negated
+            or _HARDSHIP.search(low[: promise.start()])
+            or re.search(r"plazos|instal+ment|payment plan", low)
+        ):
             return Intent.HARDSHIP, None
     if promise:
         return Intent.PROMISE_TO_PAY, _promised_date(text, low, promise.start(), ref)

@@ -65,14 +65,22 @@ def _cut_at_history(lines: list[str]) -> list[str]:
             head = i
             if head > 0 and not lines[head - 1].strip():
                 head -= 1
-            return lines[:head] if any(ln.strip() for ln in lines[:head]) else _own_text_after_quotes(lines)
+            return (
+                lines[:head]
+                if any(ln.strip() for ln in lines[:head])
+                else _own_text_after_quotes(lines)
+            )
         if _WROTE_LINE.match(line) and i > 0:
             return lines[:i]
         # "On Tue, 1 Mar 2016 at 10:00, Name <x@y>" then "wrote:" on the next line
-        if i + 1 < len(lines) and re.match(r"^\s*(?:wrote|escribi[oó]|a [ée]crit|schrieb)\s*:\s*$", lines[i + 1], re.I):
+        if i + 1 < len(lines) and re.match(
+            r"^\s*(?:wrote|escribi[oó]|a [ée]crit|schrieb)\s*:\s*$", lines[i + 1], re.I
+        ):
             return lines[:i]
-        if i + 1 < len(lines) and _WROTE_LINE.match(line + " " + lines[i + 1].strip()) and re.match(
-            r"^\s*(?:on|el|le|am|em)\b", line, re.I
+        if (
+            i + 1 < len(lines)
+            and _WROTE_LINE.match(line + " " + lines[i + 1].strip())
+            and re.match(r"^\s*(?:on|el|le|am|em)\b", line, re.I)
         ):
             return lines[:i]
         if _SEPARATOR.match(line) and i > 0:

@@ -182,6 +182,11 @@ def read_report(msg: Message) -> Report:
             prose_parts.append(mime.decode_payload(part))
         elif ctype == "text/html":
             html_parts.append(mime.html_to_text(mime.decode_payload(part)))
+    if not prose_parts and not html_parts and not blocks:
+        # A multipart without boundary lines (PMDF, some appliances): its body is the prose.
+        payload = msg.get_payload()
+        if isinstance(payload, str):
+            prose_parts.append(mime.decode_payload(msg))
     html_only = not prose_parts and bool(html_parts)
     prose = mime.unfold("\n\n".join(prose_parts or html_parts))
     prose, embedded_original = _split_prose(prose)

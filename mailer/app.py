@@ -1,0 +1,146 @@
+"""Wiring: settings, store, campaigns, templates and calendars; what `mailer check` loads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from mailer.config import Settings
+from mailer.domain.calendar import HolidayCalendar
+from mailer.domain.campaign import load_campaigns, profile_problems
+from mailer.domain.models import Action, Campaign, Case, HistoryEntry, Identity, Step
+from mailer.domain.money import rate_on
+from mailer.domain.planner import plan
+from mailer.domain.policy import effective_policy, profile_for
+from mailer.errors import ConfigError
+from mailer.ledger import parse_invoices, parse_payments
+from mailer.render import RenderedEmail, TemplateSet, check_templates, opt_out_line, render
+from mailer.render_context import PreviousMessage, build_context
+from mailer.sample import SAMPLE_DIR
+from mailer.store.db import Store
+
+
+@dataclass
+class Rules:
+    """What staff edit (campaigns and templates), loaded and checked together; swapped on reload."""
+
+    campaigns: dict[str, Campaign]
+    templates: TemplateSet
+
+    @classmethod
+    def load(cls, settings: Settings) -> Rules:
+        campaigns = load_campaigns(settings.campaigns_dir)
+        problems: list[str] = []
+        for kind, profile in settings.profiles.items():
+            campaign = campaigns.get(profile.campaign)
+            if campaign is None:
+                problems.append(
+                    f"{settings.source}:1: the {kind.value} profile uses campaign "
+                    f"{profile.campaign!r}, not found in {settings.campaigns_dir}"
+                )
+                continue
+            problems.extend(profile_problems(campaign, profile))
+        templates = TemplateSet(settings.templates_dir)
+        problems.extend(check_templates(templates, campaigns, sample_contexts(settings, campaigns)))
+        if problems:
+            raise ConfigError(problems)
+        return cls(campaigns, templates)
+
+
+@dataclass
+class App:
+    """One configured mailer: everything a flow or a command needs, passed in, never global."""
+
+    settings: Settings
+    store: Store
+    rules: Rules
+    _calendars: dict[tuple[str, str | None], HolidayCalendar] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings, *, database: Path | None = None) -> App:
+        rules = Rules.load(settings)
+        store = Store.open(database or settings.database)
+        return cls(settings, store, rules)
+
+    def calendar(self, country: str, region: str | None) -> HolidayCalendar:
+        key = (country, region)
+        if key not in self._calendars:
+            self._calendars[key] = HolidayCalendar(country, region)
+        return self._calendars[key]
+
+    def campaign_for(self, case: Case) -> Campaign:
+        """The debtor's campaign, its policy clamped to the debtor's compliance profile."""
+        profile = profile_for(case.debtor, self.settings.profiles)
+        campaign = self.rules.campaigns[profile.campaign]
+        return replace(campaign, policy=effective_policy(campaign.policy, profile))
+
+    def plan(self, case: Case, history: list[HistoryEntry], now: datetime) -> Action:
+        calendar = self.calendar(case.debtor.country, case.debtor.region)
+        return plan(case, self.campaign_for(case), history, calendar, now)
+
+    def render(
+        self,
+        case: Case,
+        step: Step,
+        identity: Identity,
+        now: datetime,
+        previous: list[PreviousMessage] | None = None,
+    ) -> RenderedEmail:
+        profile = profile_for(case.debtor, self.settings.profiles)
+        line = opt_out_line(case.debtor.lang) if profile.opt_out_line else None
+        today = now.astimezone(UTC).date()
+        context = build_context(
+            case, step, self.settings.creditor, identity, today, previous or [], opt_out=line
+        )
+        return render(
+            self.rules.templates, case.debtor.lang, step.template, context, opt_out_line=line
+        )
+
+
+def sample_cases(settings: Settings) -> Iterator[Case]:
+    """The shipped sample ledger as cases, in memory: what `mailer check` renders templates with."""
+    from mailer.store.ledger import import_invoices, import_payments, load_cases
+
+    store = Store.open(None)
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    import_invoices(
+        store, parse_invoices(SAMPLE_DIR / "invoices.csv"), now, "sample", settings.profiles
+    )
+    import_payments(
+        store, parse_payments(SAMPLE_DIR / "payments.csv"), now, "sample", settings.profiles
+    )
+    yield from load_cases(store)
+    store.close()
+
+
+def sample_contexts(settings: Settings, campaigns: dict[str, Campaign]) -> Iterator[dict[str, Any]]:
+    """A context per sample case and step: every template is rendered against real data shapes."""
+    identity = settings.identities[0]
+    for case in sample_cases(settings):
+        profile = profile_for(case.debtor, settings.profiles)
+        campaign = campaigns.get(profile.campaign)
+        if campaign is None:
+            continue
+        line = opt_out_line(case.debtor.lang) if profile.opt_out_line else None
+        for step in campaign.steps:
+            yield build_context(
+                case, step, settings.creditor, identity, date(2026, 6, 1), opt_out=line
+            )
+
+
+def rate_warnings(today: date) -> list[str]:
+    """Warn when today's statutory rate is not yet in the table (it is carried forward)."""
+    from mailer.domain.models import DebtorKind
+
+    warnings = []
+    for kind in DebtorKind:
+        period = rate_on(today, kind)
+        if period.provisional:
+            warnings.append(
+                f"mailer/domain/rates.py:1: warning: no published {kind.value} interest rate for "
+                f"{today}; the last one is carried forward and marked provisional"
+            )
+    return warnings
