@@ -35,12 +35,15 @@ IDENTITY_KEYS = {
     "address", "display_name", "smtp_host", "smtp_port", "smtp_security", "smtp_user",
     "password_env", "password_file", "imap_host", "imap_port", "imap_security", "imap_user",
     "sent_folder", "reply_to", "rate_per_minute", "concurrency", "verify_tls", "ca_file",
+    "receipt_copy",
 }  # fmt: skip
 PROFILE_KEYS = {"campaign", "earliest", "latest", "max_per_30_days", "min_gap_days", "opt_out_line"}
 STORAGE_KEYS = {"database", "evidence_dir"}
 PATH_KEYS = {"campaigns", "templates"}
 TOP_KEYS = {"creditor", "identities", "storage", "paths", "profiles", "daemon"}
-DAEMON_KEYS = {"interval_seconds", "shutdown_timeout_seconds"}
+DAEMON_KEYS = {
+    "interval_seconds", "shutdown_timeout_seconds", "retry_deadline_hours", "reconcile_grace_seconds",
+}  # fmt: skip
 
 
 def is_address(text: str) -> bool:
@@ -58,8 +61,10 @@ class Settings:
     evidence_dir: Path
     campaigns_dir: Path
     templates_dir: Path
-    interval_seconds: float = 30.0
-    shutdown_timeout_seconds: float = 20.0
+    interval_seconds: float = 30.0  # one tick of the daemon every so often
+    shutdown_timeout_seconds: float = 20.0  # SIGTERM: finish the message in hand within this
+    retry_deadline_hours: float = 72.0  # a message still deferred after this has failed
+    reconcile_grace_seconds: float = 120.0  # wait this long for the receipt copy to arrive
 
     def identity(self, name: str) -> Identity:
         for ident in self.identities:
@@ -128,6 +133,8 @@ def load_settings(path: Path) -> Settings:
         templates_dir=(base / str(paths.get("templates", "templates"))).resolve(),
         interval_seconds=float(daemon.get("interval_seconds", 30.0)),
         shutdown_timeout_seconds=float(daemon.get("shutdown_timeout_seconds", 20.0)),
+        retry_deadline_hours=float(daemon.get("retry_deadline_hours", 72.0)),
+        reconcile_grace_seconds=float(daemon.get("reconcile_grace_seconds", 120.0)),
     )
 
 
@@ -269,6 +276,7 @@ def _identities(src: TomlSource, raw: Any) -> tuple[Identity, ...]:
                 concurrency=_int(src, ident, where, "concurrency", 2),
                 verify_tls=verify,
                 ca_file=_str(src, ident, where, "ca_file", False),
+                receipt_copy=bool(ident.get("receipt_copy", True)),
             )
         )
     return tuple(result)

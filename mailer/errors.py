@@ -37,3 +37,17 @@ class ConfigError(MailerError):
 
 class ImportRefusedError(ConfigError):
     """A ledger file was refused whole; ``problems`` lists each bad row as ``file:line: why``."""
+
+
+class AmbiguousDeliveryError(TemporaryError):
+    """The message may or may not have been accepted (the connection died after DATA was sent).
+
+    Never retried blindly: the outbox first looks for the Message-ID in the mailbox.
+    """
+
+
+class IdentityUnavailableError(TemporaryError):
+    """The sender identity itself cannot send now (login refused, TLS certificate not trusted).
+
+    Not the message's fault: it waits, and a person is told to fix the identity.
+    """

@@ -16,6 +16,7 @@ from jinja2 import (
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
+    Undefined,
     UndefinedError,
     select_autoescape,
 )
@@ -51,6 +52,9 @@ REQUIRED_LANGS = ("es", "en")
 # templates/<lang>/<name>.<part>; files starting with "_" are shared pieces (layouts, macros).
 PARTS = ("subject.txt", "txt", "html")
 _LANG_RE = re.compile(r"^[a-z]{2,3}$")
+# Ways to switch HTML escaping off: with ledger data in the context they would let a debtor
+# name inject markup, so `mailer check` refuses them in templates.
+_UNESCAPE_RE = re.compile(r"\|\s*safe\b|autoescape\s+false|\bMarkup\b")
 
 # What a broken or misused template raises while rendering: staff can fix all of these.
 _TEMPLATE_FAULTS = (TemplateError, TypeError, ValueError, ArithmeticError)
@@ -68,6 +72,13 @@ def _finalize(value: object) -> object:
     # error instead, so `mailer check` points at the line that needs an `{% if %}`.
     if value is None:
         raise UndefinedError("this value is empty (None) here: print it inside {% if … %}")
+    return value
+
+
+def _defined(value: Any) -> Any:
+    # A filter given an undefined name must fail as "'x' is undefined", not as a type error.
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
     return value
 
 
@@ -124,13 +135,13 @@ class TemplateSet:
             )
 
             def money(amount: object, currency: str = "EUR", lang: str = lang) -> str:
-                return format_money(amount, currency, lang)
+                return format_money(_defined(amount), _defined(currency), lang)
 
             def date(value: object, lang: str = lang) -> str:
-                return format_long_date(value, lang)
+                return format_long_date(_defined(value), lang)
 
             def percent(value: object, lang: str = lang) -> str:
-                return format_percent(value, lang)
+                return format_percent(_defined(value), lang)
 
             env.filters.update(money=money, date=date, percent=percent)
             self._environments[lang] = env
@@ -241,6 +252,10 @@ def _syntax_problems(templates: TemplateSet, lang: str) -> tuple[list[str], set[
     for path in templates.files(lang):
         name = path.relative_to(templates.directory / lang).as_posix()
         try:
+            source = path.read_text(encoding="utf-8")
+            for lineno, line in enumerate(source.splitlines(), start=1):
+                if _UNESCAPE_RE.search(line):
+                    problems.append(f"{path}:{lineno}: HTML escaping must stay on (no |safe)")
             env.get_template(name)
         except TemplateSyntaxError as exc:
             problems.append(_problem(exc, templates, path))

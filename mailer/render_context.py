@@ -136,6 +136,7 @@ def build_context(
         },
         "invoices": rows,
         "totals": {
+            "as_of": today,  # the day interest is counted to
             "count": len(rows),
             "overdue_count": sum(1 for r in rows if r["overdue"]),
             "currency": invoices[0].currency,

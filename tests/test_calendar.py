@@ -28,8 +28,8 @@ ES = HolidayCalendar("ES")
 EVERY_DAY = frozenset(range(7))
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 # --- places ---------------------------------------------------------------------------------

@@ -19,10 +19,6 @@ from mailenv import (
     UNKNOWN_DEBTOR,
     MailEnv,
 )
-from mailenv import fixtures as _fixtures
-
-# the session fixture (tests/conftest.py may provide it too; this keeps the file standalone)
-mailenv = _fixtures.mailenv
 
 
 def make_msg(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -123,7 +124,7 @@ def test_minimum_gap_rule(kind: DebtorKind, gap: int) -> None:
     assert DEFAULT_PROFILES[kind].min_gap_days == gap
     assert effective_policy(LOOSE, DEFAULT_PROFILES[kind]).min_gap_days == gap
     sends = sends_under(kind)
-    assert all(b - a >= timedelta(days=gap) for a, b in zip(sends, sends[1:], strict=False))
+    assert all(b - a >= timedelta(days=gap) for a, b in itertools.pairwise(sends))
     # The gap is what spaces them: the first two are exactly one gap apart.
     assert sends[1] - sends[0] == timedelta(days=gap)
 

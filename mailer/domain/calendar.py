@@ -338,11 +338,13 @@ def next_slot(earliest: datetime, tz: str, policy: Policy, cal: HolidayCalendar)
     if start >= end or not policy.weekdays:
         raise ValueError(f"the policy can never send: {policy}")
     tzinfo = zone(tz)
+    weekdays, skip_holidays = policy.weekdays, policy.skip_holidays
     t = earliest.astimezone(UTC)
     for _ in range(2 * _MAX_SCAN_DAYS):
         local = t.astimezone(tzinfo)
         d = local.date()
-        if can_send_on(d, policy, cal):
+        # can_send_on, inlined: this loop is the planner's hot path.
+        if d.weekday() in weekdays and not (skip_holidays and cal.is_holiday(d)):
             wall = local.time()
             if start <= wall < end:
                 return t

@@ -264,6 +264,9 @@ class Identity:
     concurrency: int = 2
     verify_tls: bool = True
     ca_file: str | None = None
+    # Every send also goes (envelope only, like Bcc) to this mailbox, so after a crash the
+    # outbox can tell an accepted message from a lost one by finding its Message-ID there.
+    receipt_copy: bool = True
 
     @property
     def domain(self) -> str:

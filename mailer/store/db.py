@@ -204,7 +204,7 @@ class Store:
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         cursor = self.conn.execute(sql, args)
-        cursor.row_factory = sqlite3.Row  # type: ignore[assignment]
+        cursor.row_factory = sqlite3.Row
         return cursor.fetchall()
 
 

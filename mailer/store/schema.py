@@ -85,10 +85,13 @@ _V1 = [
         last_error TEXT,
         receipt TEXT,
         sent_at TEXT,
+        copied_at TEXT,
+        copy_attempts INTEGER NOT NULL DEFAULT 0,
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         UNIQUE (case_id, step))""",
     "CREATE INDEX messages_state ON messages (state, next_attempt_at)",
+    "CREATE INDEX messages_uncopied ON messages (state) WHERE copied_at IS NULL",
     """CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         at TEXT NOT NULL,

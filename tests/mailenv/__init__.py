@@ -114,6 +114,8 @@ class MailEnv:
         ``recipients`` (addresses or domains) is refused at RCPT with the given reply
         (default ``550 5.7.1 Sender blocked by recipient``). Takes effect on the next SMTP
         connection; an empty ``blocks`` lifts every block."""
+        if isinstance(blocks, str):
+            blocks = [blocks]
         items = blocks.items() if isinstance(blocks, Mapping) else ((b, "") for b in blocks)
         lines = [f"{s.lower()}\t{reply or DEFAULT_BLOCK_REPLY}" for s, reply in items]
         self._write_table("sender_blocks", lines)

@@ -68,6 +68,10 @@ def _classify(raw: bytes, today: date | None) -> Classification:
         return Classification(kind=Kind.OTHER, subject=subject, errors=tuple(errors))
     ref = _message_date(msg) or today
     report = read_report(msg)
+    inner = report.original
+    if not report.blocks and inner is not None and _is_report(inner):
+        # A bounce wrapped in a provider's notice (OCN, forwarding gateways): read the inner one.
+        report = read_report(inner)
     common: dict[str, Any] = {"subject": subject, "from_address": from_address}
 
     original_id = None
@@ -77,10 +81,10 @@ def _classify(raw: bytes, today: date | None) -> Classification:
         if original_id and original_id not in references:
             references = (*references, original_id)
 
-    if report.report_type == "feedback-report" or any("feedback-type" in b for b in report.blocks):
+    if detect.is_feedback(msg, subject, report):
         return Classification(
             kind=Kind.FEEDBACK,
-            recipients=tuple(_feedback_recipients(report)),
+            recipients=tuple(_feedback_recipients(msg, report)),
             references=references,
             original_message_id=original_id,
             **common,
@@ -102,7 +106,7 @@ def _classify(raw: bytes, today: date | None) -> Classification:
         recipients = dsn.failed_recipients(
             report,
             exclude=_not_recipients(msg, report),
-            listed=sorted(_addresses(msg, "X-Failed-Recipients")),
+            listed=sorted(_addresses(msg, "X-Failed-Recipients", "X-Bounced-Address")),
             fallback_to=_original_to(report),
         )
         if recipients or has_dsn or detect.is_daemon_sender(msg):
@@ -155,9 +159,20 @@ def _classify(raw: bytes, today: date | None) -> Classification:
     )
 
 
+def _is_report(msg: Message) -> bool:
+    if mime.content_type(msg) == "multipart/report":
+        return True
+    return detect.is_daemon_sender(msg) and detect.has_bounce_subject(mime.header(msg, "Subject"))
+
+
 def _bounce_signals(msg: Message, subject: str, report: Report) -> bool:
     if mime.header(msg, "X-Failed-Recipients") or detect.is_daemon_sender(msg):
         return True
+    if dsn.ses_notification(report.prose):
+        return True
+    if detect.empty_return_path(msg) and report.original is not None:
+        # A null sender returning our message: a bounce whatever its subject says.
+        return detect.says_undelivered(report.prose)
     if detect.has_bounce_subject(subject):
         return (
             detect.empty_return_path(msg)
@@ -196,8 +211,17 @@ def _original_to(report: Report) -> str:
     return mime.header(report.original, "To")
 
 
-def _feedback_recipients(report: Report) -> list[FailedRecipient]:
+def _feedback_recipients(msg: Message, report: Report) -> list[FailedRecipient]:
     addresses: list[str] = []
+    if mime.header(msg, "X-Apple-Unsubscribe"):
+        # Apple Mail's one-click unsubscribe comes from the subscriber's own address.
+        addresses.append(mime.first_address(mime.header(msg, "From")) or "")
+    elif report.original is not None and mime.header(report.original, "X-HmXmrOriginalRecipient"):
+        # Outlook.com (JMRP) complaints name the complaining recipient in the returned headers.
+        addresses.append(
+            dsn.clean_address(mime.header(report.original, "X-HmXmrOriginalRecipient")) or ""
+        )
+    addresses = [a for a in addresses if a]
     for block in report.blocks:
         for name in ("original-rcpt-to", "removal-recipient"):
             for value in block.get(name, "").split("\n"):

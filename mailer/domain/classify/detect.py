@@ -6,9 +6,10 @@ import re
 from email.message import Message
 
 from mailer.domain.classify import mime
+from mailer.domain.classify.report import Report
 
 _DAEMON_SENDER = re.compile(
-    r"mailer-daemon|mail-daemon|mailerdaemon|post_?master|mail delivery (?:subsystem|system|service)|"
+    r"mailer[- ]?daemon|mail-daemon|post_?master|mail delivery (?:subsystem|system|service)|"
     r"mail administrator|mail system|delivery status notification|mail-?router|"
     r"nonrecipient|dsn@|bounce@|bounces@|mdaemon|microsoftexchange.*@|"
     r"automated-?notifier|mail[ -]?delivery|smtp[ -]gateway|internet mail delivery",
@@ -77,3 +78,25 @@ def looks_like_list_or_bulk(msg: Message) -> bool:
 def empty_return_path(msg: Message) -> bool:
     value = mime.header(msg, "Return-Path")
     return value.replace(" ", "") in ("<>",)
+
+
+def is_feedback(msg: Message, subject: str, report: Report) -> bool:
+    """ARF (RFC 5965) reports, Outlook.com JMRP complaints and Apple Mail's unsubscribe mail."""
+    if report.report_type == "feedback-report" or any("feedback-type" in b for b in report.blocks):
+        return True
+    if mime.header(msg, "X-Apple-Unsubscribe").lower() == "true":
+        return True
+    return report.original is not None and bool(
+        re.match(r"\s*complaint about message from", subject, re.IGNORECASE)
+    )
+
+
+_UNDELIVERED = re.compile(
+    r"could not be delivered|undeliver|delivery (?:has )?failed|unable to deliver|not (?:be )?delivered|"
+    r"failed to deliver|permanent(?:ly)? (?:error|fail)|returned to sender|delivery failure",
+    re.IGNORECASE,
+)
+
+
+def says_undelivered(prose: str) -> bool:
+    return bool(_UNDELIVERED.search(prose[:5000]))

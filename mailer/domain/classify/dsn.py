@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -10,8 +11,7 @@ from dataclasses import dataclass
 from mailer.domain.classify import mime
 from mailer.domain.classify.model import FailedRecipient, Reason
 from mailer.domain.classify.reasons import (
-    reason_from_status,
-    reason_from_text,
+    decide_reason,
     reply_code_in_text,
     status_in_text,
 )
@@ -89,13 +89,14 @@ _LINE_PATTERNS = (
     # qmail / Postfix / many: "<user@example.com>:" then the reason
     re.compile(r"^\s*<([^<>\s]+@[^<>\s]+)>\s*:?\s*(.*)$"),
     # Sendmail: "user@example.com... User unknown" / "<user@example.com>... "
-    re.compile(r"^\s*<?([^<>\s]+@[^<>\s]+?)>?\.\.\.\s*(.*)$"),
+    re.compile(r"^\s*(?:[45]\d\d[ -](?:[45]\.\d+\.\d+ )?)?<?([^<>\s]+@[^<>\s]+?)>?\.\.\.\s*(.*)$"),
     # Exim, Gmail, Courier: the address alone, indented, on its own line
     re.compile(r"^\s+<?([^<>\s:]+@[^<>\s:]+?)>?\s*$"),
     # "Recipient address: x", "Failed recipient: x", "RCPT TO:<x>", "Original-Recipient: rfc822;x"
     re.compile(
-        r"(?i)(?:recipient(?:\(s\))?(?: address)?|address(?:ee)?|rcpt to|to|destinatario|destinataire"
-        r"|empf[äa]nger|final-recipient|original-recipient)\s*:\s*(?:rfc822;)?\s*<?([^<>\s,;]+@[^<>\s,;]+?)>?(?:[\s,;.]|$)(.*)$"
+        r"(?i)(?:\b(?:recipient(?:\(s\))?(?: address)?|address(?:ee)?|rcpt to|to|destinatario"
+        r"|destinataire|empf[äa]nger|final-recipient|original-recipient)\s*:"
+        r"|\b(?:undeliverable to|delivered to|delivery to|failed to deliver to)\s*:?)\s*(?:rfc822;)?\s*<?([^<>\s,;]+@[^<>\s,;]*[^<>\s,;.])>?(.*)$"
     ),
     # Bare address at the start of a line followed by a colon and the reason (Exim variants)
     re.compile(r"^\s*([^<>\s:]+@[^<>\s:]+?)\s*[:(]\s*(.*)$"),
@@ -111,7 +112,9 @@ def _from_prose(report: Report, exclude: set[str]) -> list[_Found]:
             if not m:
                 continue
             addr = clean_address(m.group(1))
-            if addr and not _is_system(addr, exclude):
+            if addr is None:
+                continue
+            if not _is_system(addr, exclude):
                 hits.append((number, addr, m.group(2) if m.lastindex and m.lastindex >= 2 else ""))
             break
     if not hits:
@@ -143,13 +146,21 @@ def _near(prose: str, address: str) -> str:
     return prose[at : at + 600] if at >= 0 else prose
 
 
+def ses_notification(prose: str) -> bool:
+    return bool(_from_json(prose))
+
+
 def _from_json(prose: str) -> list[_Found]:
     """Amazon SES notifications delivered as an SNS email: JSON with bouncedRecipients."""
     if "bouncedRecipients" not in prose:
         return []
     try:
-        outer = json.loads(prose.strip())
-        inner = json.loads(outer["Message"]) if isinstance(outer.get("Message"), str) else outer
+        outer, _end = json.JSONDecoder(strict=False).raw_decode(prose[prose.index("{") :])
+        inner = (
+            json.loads(outer["Message"], strict=False)
+            if isinstance(outer.get("Message"), str)
+            else outer
+        )
         listed = inner["bounce"]["bouncedRecipients"]
         bounce_type = str(inner["bounce"].get("bounceType", ""))
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -186,9 +197,14 @@ def failed_recipients(
     fallback_to: str = "",
 ) -> list[FailedRecipient]:
     """Every recipient the report says failed (or was delayed), with reason, status and diagnostic."""
-    found = [
-        f for f in _from_blocks(report) if f.action not in ("delivered", "relayed", "expanded")
-    ]
+    found = [f for f in _from_blocks(report) if not _success(f.action)]
+    if found and any(not f.diagnostic for f in found):
+        # DSN fields without a Diagnostic-Code (OpenSMTPD, Mail.ru): the prose says why.
+        said = {f.address: f.diagnostic for f in _from_prose(report, exclude)}
+        found = [
+            f if f.diagnostic else dataclasses.replace(f, diagnostic=said.get(f.address, ""))
+            for f in found
+        ]
     if not found:
         found = _from_json(report.prose)
     if not found and not report.blocks:
@@ -219,11 +235,7 @@ def _judge(f: _Found, prose: str) -> FailedRecipient:
     text_status = status_in_text(diagnostic) or (status_in_text(prose) if not status else "")
     if not status or (status.endswith(".0.0") and text_status and text_status[0] == status[0]):
         status = text_status or status
-    reason = reason_from_text(diagnostic) if diagnostic else None
-    if reason is None and status:
-        reason = reason_from_status(status)
-    if reason is None and prose:
-        reason = reason_from_text(prose)
+    reason = decide_reason(f.diagnostic.strip(), status, prose)
     delayed = f.action == "delayed" or (
         not f.action and not status and bool(_DELAY_WORDS.search(prose + diagnostic))
     )
@@ -257,7 +269,7 @@ def delivered_recipients(report: Report) -> list[FailedRecipient]:
     """A success DSN: the addresses it reports delivered, for the evidence log."""
     out = []
     for f in _from_blocks(report):
-        if f.action in ("delivered", "relayed", "expanded"):
+        if _success(f.action):
             out.append(
                 FailedRecipient(
                     address=f.address,
@@ -272,4 +284,9 @@ def delivered_recipients(report: Report) -> list[FailedRecipient]:
 
 def only_successes(report: Report) -> bool:
     actions = [f.action for f in _from_blocks(report)]
-    return bool(actions) and all(a in ("delivered", "relayed", "expanded") for a in actions)
+    return bool(actions) and all(_success(a) for a in actions)
+
+
+def _success(action: str) -> bool:
+    # Postfix's address verification says "deliverable"; RFC 3464 says delivered/relayed/expanded.
+    return action.startswith(("deliver", "relay", "expand"))

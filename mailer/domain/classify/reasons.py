@@ -10,6 +10,15 @@ from mailer.domain.classify.model import Reason
 # matters: the first reason whose pattern matches wins, so the specific causes ("over quota",
 # "spam", "SPF") come before the generic ones that often share a sentence with them ("rejected").
 _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
+    (Reason.HOST_UNKNOWN, (r"the account or domain may not exist",)),
+    (Reason.NOT_ACCEPT, (r"no mx found for domain|null mx|does not accept (?:any )?mail",)),
+    (
+        Reason.MAILER_ERROR,
+        (
+            r"(?:procmail|maildrop|mail\.local|local delivery|pipe to|command) (?:failed|died)|procmail:",
+            r"mailer error|unknown mailer error|exit code|x-unix;|command output|execution failed",
+        ),
+    ),
     (
         Reason.MESG_TOO_BIG,
         (
@@ -56,6 +65,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"account that you tried to reach is disabled|deactivated mailbox",
             r"invalid/inactive user|temporarily inactive|recipient suspend|user suspended",
             r"boite du destinataire archivee|disabled or discontinued|temporary locked",
+            r"recipient account is blocked|compte du destinataire est bloque",
             r"mailbox (?:is )?inactive|is inactive|inactive (?:user|account|mailbox)",
             r"this mailbox is disabled|mailbox unavailable or access denied",
             r"not (?:currently )?in use|is no longer (?:in use|being monitored)",
@@ -82,6 +92,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
         Reason.BAD_REPUTATION,
         (
             r"poor (?:email )?reputation|bad reputation|sender reputation|ip reputation|low reputation",
+            r"deferred due to unexpected volume or user complaints",
         ),
     ),
     (
@@ -89,6 +100,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
         (
             r"not (?:rfc|in) (?:5322|2822|822)|rfc ?(?:5322|2822) (?:compliant|violation)",
             r"multiple (?:from|to|subject|date|sender|message-id) headers",
+            r"multiple addresses in (?:the )?from:? header",
             r"duplicate (?:header|from|subject)|not compliant with rfc",
             r"header (?:is )?(?:missing|malformed|invalid)|missing (?:a )?(?:date|from|message-id) header",
             r"is not rfc compliant",
@@ -102,6 +114,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"content (?:filter )?reject|message content rejected|rejecting (?:banned|mail) content",
             r"message filtered|looks like spam|suspected spam|classified as spam",
             r"mail content denied|recurrent pattern detection|uribl|\bsurbl\b",
+            r"mail rejete\. mail rejected\..*506",
         ),
     ),
     (
@@ -135,6 +148,15 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        Reason.TOO_MANY_CONN,
+        (
+            r"too many (?:connections|concurrent|sessions|recipients|messages)",
+            r"rate limit|ratelimit|try again later.*(?:rate|frequency)|throttl",
+            r"exceeded? (?:the )?(?:connection|rate|sending) limit|too fast|sending rate",
+            r"has exceeded the maximum number|message rate|frequency limited|daily relay quota",
+        ),
+    ),
+    (
         Reason.BLOCKED,
         (
             r"blacklist|blocklist|block list|black list|\brbl\b|dnsbl|spamhaus|spamcop|barracuda",
@@ -147,6 +169,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"temporarily deferred due to user complaints|is blocked|has been blocked",
             r"mail server at .* is blocked|no access from mail server|your network is",
             r"service unavailable; client|refused to talk to me|access denied\. ip",
+            r"banned sending ip|access denied, banned|blocked for abuse|messages from [\d.]+ weren't sent",
             r"sender ip address rejected|confirm this mail server|not allowed to send mail from",
             r"poor email reputation|\[ts0[0-9]\]|\brl0\d|domain .* mismatches",
         ),
@@ -162,8 +185,20 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"returned mail not accepted|backscatter|envelope blocked|sender not pre-approved",
             r"fully qualified email address required|address has been blacklisted",
             r"access denied \(in reply to mail from command\)|sender is spammer",
-            r"delivery not authorized, message refused|rejected by the recipient domain",
+            r"delivery not authorized, message refused|purported responsible address",
+            r"domain is invalid\. please provide a valid from",
             r"email address is not verified|sender address does not exist",
+        ),
+    ),
+    (
+        Reason.NETWORK_ERROR,
+        (
+            r"could not connect and send|dns records for the destination computer",
+            r"hop count exceeded|mail loop|routing loop|forwarding loop|message looping",
+            r"too many hops|no route to host|unable to resolve route|unrouteable mail domain",
+            r"host is unreachable|host not found, try again|name server reply",
+            r"network (?:is )?unreachable|network error|connection (?:lost|closed)",
+            r"dns error|dns type '?\w+'? lookup|nxdomain|name service error",
         ),
     ),
     (
@@ -174,7 +209,8 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"no such domain|name or service not known|unrouteable address|host unreachable",
             r"mail domain mentioned in email address is unknown|recipient domain must exist",
             r"the account or domain may not exist|unknown domain name|no mx (?:record|host)",
-            r"domain name not found|nxdomain|dns error|could not be resolved|non-existent domain",
+            r"could not be resolved|non-existent domain",
+            r"(?<![@\w.-])(?:[a-z0-9-]+\.)+[a-z]{2,} does not exist",
             r"does not have a valid mx|domain has no mx",
         ),
     ),
@@ -219,25 +255,6 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
         ),
     ),
     (
-        Reason.TOO_MANY_CONN,
-        (
-            r"too many (?:connections|concurrent|sessions|recipients|messages)",
-            r"rate limit|ratelimit|try again later.*(?:rate|frequency)|throttl",
-            r"exceeded? (?:the )?(?:connection|rate|sending) limit|too fast|sending rate",
-            r"has exceeded the maximum number|message rate",
-        ),
-    ),
-    (
-        Reason.NETWORK_ERROR,
-        (
-            r"could not connect and send|dns records for the destination computer",
-            r"hop count exceeded|mail loop|routing loop|forwarding loop|message looping",
-            r"too many hops|no route to host|unable to resolve route|unrouteable mail domain",
-            r"host is unreachable|host not found, try again|name server reply",
-            r"network (?:is )?unreachable|network error|connection (?:lost|closed)",
-        ),
-    ),
-    (
         Reason.EXPIRED,
         (
             r"connection timed out|timed out|time(?:out)? expired|giving up|gave up",
@@ -245,18 +262,12 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"message expired|expired after|in (?:the )?queue too long|queue period",
             r"retry time not reached|retry timeout exceeded|server did not respond",
             r"could not be delivered within|has not been delivered for|delayed for more than",
+            r"did not accept our requests to connect|envelope expired",
             r"unable to deliver .* within|delivery (?:attempts )?(?:will )?(?:continue|be retried)",
             r"not yet been delivered|still trying|will retry|could not deliver for",
         ),
     ),
     (Reason.SYSTEM_FULL, (r"mail system full|system (?:is )?full|disk full|out of disk",)),
-    (
-        Reason.MAILER_ERROR,
-        (
-            r"(?:procmail|maildrop|mail\.local|local delivery|pipe to|command) (?:failed|died)",
-            r"mailer error|unknown mailer error|exit code|x-unix;|command output|execution failed",
-        ),
-    ),
     (
         Reason.SYNTAX_ERROR,
         (r"syntax error|command unrecognized|unrecognized command|bad sequence of commands",),
@@ -275,9 +286,12 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
 _COMPILED = tuple((reason, re.compile("|".join(pats))) for reason, pats in _PHRASES)
 
 
+_CONTINUATION = re.compile(r"(?<=\s)[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s)?")
+
+
 def reason_from_text(text: str) -> Reason | None:
     """The first reason whose phrases appear in the server's words, if any."""
-    low = re.sub(r"\s+", " ", text.lower())
+    low = re.sub(r"\s+", " ", _CONTINUATION.sub(" ", text.lower()))
     if not low.strip():
         return None
     for reason, pattern in _COMPILED:
@@ -296,8 +310,7 @@ _BY_STATUS: dict[str, Reason] = {
     "1.6": Reason.HAS_MOVED,
     "1.7": Reason.REJECTED,
     "1.8": Reason.REJECTED,
-    "1.10": Reason.NOT_ACCEPT,
-    "2.1": Reason.SUSPEND,
+    "2.1": Reason.FILTERED,
     "2.2": Reason.MAILBOX_FULL,
     "2.3": Reason.EXCEED_LIMIT,
     "2.4": Reason.SYSTEM_ERROR,
@@ -350,3 +363,103 @@ def status_in_text(text: str) -> str:
 def reply_code_in_text(text: str) -> str:
     m = REPLY_CODE_RE.search(text)
     return m.group(1) if m and m.group(1)[0] in "45" else ""
+
+
+# Where in the SMTP session the remote server refused: Sisimai's strongest hint after the text.
+_COMMAND_RE = (
+    (
+        "CONN",
+        re.compile(
+            r"after (?:initial connection|connect)|connection refused|greeting|banner", re.I
+        ),
+    ),
+    ("HELO", re.compile(r"after (?:helo|ehlo)|in reply to (?:helo|ehlo)", re.I)),
+    (
+        "MAIL",
+        re.compile(
+            r"after mail from|in reply to mail from|>>> mail from|mail from:?<[^>]*>(?: size=\d+)?:",
+            re.I,
+        ),
+    ),
+    (
+        "RCPT",
+        re.compile(
+            r"after rcpt(?: to| command)|in reply to rcpt to|>>> rcpt to|rcpt to:?<[^>]*>:|did not like our rcpt|rcpt_to",
+            re.I,
+        ),
+    ),
+    (
+        "DATA",
+        re.compile(
+            r"after (?:end of )?data|in reply to (?:end of )?data|>>> data|after the message|message body",
+            re.I,
+        ),
+    ),
+)
+_USER_STATUS = re.compile(r"^[45]\.1\.\d+$")
+# Text reasons a specific status code overrides: they are what a server says in passing
+# ("Recipient address rejected: ...") while the code names the real cause.
+_WEAK_TEXT = frozenset(
+    {Reason.USER_UNKNOWN, Reason.FILTERED, Reason.SYSTEM_ERROR, Reason.CONTENT_ERROR}
+)
+_STRONG_STATUS = frozenset(
+    {
+        Reason.AUTH_FAILURE,
+        Reason.REQUIRE_PTR,
+        Reason.NOT_ACCEPT,
+        Reason.CONTENT_ERROR,
+        Reason.HOST_UNKNOWN,
+        Reason.HAS_MOVED,
+        Reason.MESG_TOO_BIG,
+        Reason.EXCEED_LIMIT,
+        Reason.MAILBOX_FULL,
+        Reason.SYSTEM_FULL,
+        Reason.SUSPEND,
+        Reason.POLICY_VIOLATION,
+    }
+)
+
+
+def smtp_command(text: str) -> str:
+    """The SMTP command the remote server answered, when the report says: CONN/HELO/MAIL/RCPT/DATA."""
+    for command, pattern in _COMMAND_RE:
+        if pattern.search(text):
+            return command
+    return ""
+
+
+def decide_reason(diagnostic: str, status: str, context: str) -> Reason | None:
+    """Combine the server's words, the status code and the SMTP command into one reason."""
+    # The line that names the recipient speaks for it; later lines may be another attempt's.
+    text_reason = reason_from_text(diagnostic.strip().split("\n", 1)[0]) or reason_from_text(
+        diagnostic
+    )
+    status_reason = reason_from_status(status) if status else None
+    command = smtp_command(diagnostic or context)
+    reason = text_reason
+    if status_reason is not None and (
+        reason is None or (reason in _WEAK_TEXT and status_reason in _STRONG_STATUS)
+    ):
+        reason = status_reason
+    if reason is Reason.USER_UNKNOWN and command != "RCPT" and not _USER_STATUS.match(status):
+        # "User unknown" neither at RCPT TO nor with a x.1.x code is a filter's answer after the
+        # message was sent (Sisimai's "filtered"): the address may well exist.
+        reason = Reason.FILTERED
+    if (
+        reason in (None, Reason.USER_UNKNOWN, Reason.HOST_UNKNOWN, Reason.FILTERED, Reason.ON_HOLD)
+        and command == "MAIL"
+    ):
+        reason = Reason.REJECTED  # refused at MAIL FROM: it is our sender that was refused
+    if reason in (
+        None,
+        Reason.USER_UNKNOWN,
+        Reason.FILTERED,
+        Reason.REJECTED,
+        Reason.ON_HOLD,
+    ) and command in ("CONN", "HELO"):
+        reason = Reason.BLOCKED  # refused before any address was given: our server was refused
+    if reason is Reason.HOST_UNKNOWN and status.startswith("4"):
+        reason = Reason.NETWORK_ERROR  # a DNS failure that may pass
+    if reason is None and context and context != diagnostic:
+        reason = reason_from_text(context)
+    return reason

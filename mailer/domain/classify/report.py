@@ -25,12 +25,16 @@ _ORIGINAL_HEADER_RE = re.compile(
     r"x-mailer|content-type|reply-to|cc|x-[\w-]+)\s*:",
     re.IGNORECASE,
 )
+_TRANSPORT_HEADER_RE = re.compile(
+    r"^(?:return-path|received|message-id|dkim-signature|mime-version|content-type|x-[\w-]+)\s*:",
+    re.IGNORECASE,
+)
 _ORIGINAL_MARKERS = re.compile(
     r"^[\s>|-]*(?:"
     r"-+\s*(?:original message|this is a copy of|below this line is a copy|the header of the original"
     r"|original message headers|message headers follow|unsent message below)"
     r"|(?:original|returned) message (?:follows|headers?)\b"
-    r"|the original message (?:was received at|headers? (?:is|are) included)"
+    r"|the original message headers? (?:is|are) included"
     r"|below this line is a copy of the message"
     r"|-+ ?(?:original message|headers of the original|unsent message|returned mail)"
     r"|content-type: message/rfc822"
@@ -50,6 +54,9 @@ class Report:
     notes: tuple[str, ...] = field(default=())
 
 
+_STARTS_RECIPIENT = frozenset({"final-recipient", "original-recipient", "action", "status"})
+
+
 def field_blocks(text: str) -> list[dict[str, str]]:
     """RFC 822 style field blocks separated by blank lines; continuation lines unfolded."""
     blocks: list[dict[str, str]] = []
@@ -67,6 +74,10 @@ def field_blocks(text: str) -> list[dict[str, str]]:
         name, sep, value = line.partition(":")
         if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", name.strip()):
             last = name.strip().lower()
+            if last in current and last in _STARTS_RECIPIENT:
+                # Per-recipient groups with no blank line between them (AOL, some Exchange).
+                blocks.append(current)
+                current = {}
             # A repeated field (two Original-Rcpt-To, say) is kept, joined by a newline.
             current[last] = (
                 (current[last] + "\n" + value.strip()) if last in current else value.strip()
@@ -99,13 +110,17 @@ def _split_prose(text: str) -> tuple[str, Message | None]:
     offset = 0
     run_start = None
     run = 0
+    transport = False  # a header only a transported message has (Received, Message-ID, ...)
     for i, line in enumerate(lines):
         if _ORIGINAL_HEADER_RE.match(line):
             if run == 0:
-                run_start = offset
+                run_start, transport = offset, False
             run += 1
-            if run >= 3 and run_start is not None and (cut is None or run_start < cut):
-                cut = run_start
+            transport = transport or bool(_TRANSPORT_HEADER_RE.match(line))
+            # Three headers with a transport one, or five of any kind: not a pasted To/Date/Subject.
+            if (run >= 3 and transport) or run >= 5:
+                if run_start is not None and (cut is None or run_start < cut):
+                    cut = run_start
                 break
         elif not (line[:1] in " \t" and run):
             run = 0
@@ -130,75 +145,103 @@ def _split_prose(text: str) -> tuple[str, Message | None]:
     return text[:cut], original
 
 
+_ORIGINAL_TYPES = frozenset(
+    {
+        "message/rfc822",
+        "message/global",
+        "text/rfc822-headers",
+        "message/rfc822-headers",
+        "message/global-headers",
+    }
+)
+_REPORT_TYPES = frozenset(
+    {
+        "message/delivery-status",
+        "message/global-delivery-status",
+        "message/feedback-report",
+        "message/disposition-notification",
+    }
+)
+# "--boundary" followed within two lines by a Content-Type: MIME whose header lost the boundary.
+_LOST_BOUNDARY = re.compile(r"^--(\S{6,200})\s*\n(?:.*\n){0,2}?content-type:", re.I | re.M)
+
+
+class _Collector:
+    """Walks the MIME tree once, sorting parts into prose, report fields and the original."""
+
+    def __init__(self) -> None:
+        self.prose: list[str] = []
+        self.html: list[str] = []
+        self.blocks: list[dict[str, str]] = []
+        self.original: Message | None = None
+        self.report_type = ""
+
+    def visit(self, part: Message, depth: int = 0) -> None:
+        if depth > 30:
+            return  # a pathological nesting: what was read so far is enough
+        ctype = mime.content_type(part)
+        if ctype in _ORIGINAL_TYPES:
+            if self.original is None:
+                self.original = _as_message(part)
+            return
+        if ctype in _REPORT_TYPES:
+            self.blocks.extend(field_blocks(_raw_text(part)))
+            self.report_type = self.report_type or ctype.split("/")[1].replace("global-", "")
+            return
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    self.visit(sub, depth + 1)
+            return
+        text = mime.decode_payload(part)
+        repaired = (
+            _repair(text) if ctype.startswith("multipart/") or ctype == "text/plain" else None
+        )
+        if repaired is not None:
+            self.visit(repaired, depth + 1)
+        elif ctype == "text/html":
+            self.html.append(mime.html_to_text(text))
+        elif ctype.startswith(("text/", "multipart/")) or not self.prose:
+            self.prose.append(text)
+
+
+def _repair(text: str) -> Message | None:
+    """Re-read a body that is really MIME whose boundary the headers lost (or never declared)."""
+    m = _LOST_BOUNDARY.search(text)
+    if m is None or m.start() > 300:
+        # Only a body that starts as MIME; boundaries further down belong to a quoted original.
+        return None
+    boundary = m.group(1)
+    if boundary.endswith("--") or text.count("--" + boundary) < 2:
+        return None
+    head = f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n'
+    try:
+        repaired = email.message_from_string(head + text, policy=compat32)
+    except Exception:  # noqa: BLE001 - leave the body as prose
+        return None
+    payload = repaired.get_payload()
+    return repaired if isinstance(payload, list) and payload else None
+
+
 def read_report(msg: Message) -> Report:
-    report_type = ""
+    collector = _Collector()
     try:
         if mime.content_type(msg) == "multipart/report":
-            report_type = (msg.get_param("report-type") or "").__str__().lower()
+            collector.report_type = str(msg.get_param("report-type") or "").lower()
     except Exception:  # noqa: BLE001 - a broken parameter list
-        report_type = ""
-    prose_parts: list[str] = []
-    html_parts: list[str] = []
-    blocks: list[dict[str, str]] = []
-    original: Message | None = None
-    inside_original: set[int] = set()
-    for part in mime.walk(msg):
-        if id(part) in inside_original:
-            continue
-        ctype = mime.content_type(part)
-        if ctype in (
-            "message/rfc822",
-            "message/global",
-            "text/rfc822-headers",
-            "message/rfc822-headers",
-            "message/global-headers",
-        ):
-            if original is None:
-                original = _as_message(part)
-            for sub in mime.walk(part):
-                if sub is not part:
-                    inside_original.add(id(sub))
-            continue
-        if ctype in (
-            "message/delivery-status",
-            "message/global-delivery-status",
-            "message/feedback-report",
-            "message/disposition-notification",
-        ):
-            blocks.extend(field_blocks(_raw_text(part)))
-            for sub in mime.walk(part):
-                if sub is not part:
-                    inside_original.add(id(sub))
-            if not report_type:
-                report_type = ctype.split("/")[1].replace("global-", "")
-            continue
-        if part.is_multipart():
-            continue
-        if (
-            ctype == "text/plain"
-            or ctype == "text/enriched"
-            or (ctype.startswith("text/") and ctype != "text/html" and not prose_parts)
-        ):
-            prose_parts.append(mime.decode_payload(part))
-        elif ctype == "text/html":
-            html_parts.append(mime.html_to_text(mime.decode_payload(part)))
-    if not prose_parts and not html_parts and not blocks:
-        # A multipart without boundary lines (PMDF, some appliances): its body is the prose.
-        payload = msg.get_payload()
-        if isinstance(payload, str):
-            prose_parts.append(mime.decode_payload(msg))
-    html_only = not prose_parts and bool(html_parts)
-    prose = mime.unfold("\n\n".join(prose_parts or html_parts))
+        collector.report_type = ""
+    collector.visit(msg)
+    html_only = not collector.prose and bool(collector.html)
+    prose = mime.unfold("\n\n".join(collector.prose or collector.html))
     prose, embedded_original = _split_prose(prose)
-    if original is None:
-        original = embedded_original
-    if not blocks:
-        blocks = _embedded_blocks(prose)
+    original = collector.original or embedded_original
+    blocks = collector.blocks or _embedded_blocks(prose)
     return Report(
         prose=prose,
         blocks=tuple(blocks),
         original=original,
-        report_type=report_type,
+        report_type=collector.report_type,
         html_only=html_only,
     )
 

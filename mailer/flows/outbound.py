@@ -1,0 +1,465 @@
+"""One bounded outbound pass: plan due cases, send due messages, reconcile, file Sent copies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from mailer.app import App
+from mailer.compose import Attachment, compose, new_message_id
+from mailer.domain.models import (
+    Case,
+    CaseStatus,
+    HistoryEntry,
+    Identity,
+    LookAgain,
+    MessageState,
+    SendStep,
+)
+from mailer.domain.outbox import retry_at
+from mailer.errors import (
+    AmbiguousDeliveryError,
+    IdentityUnavailableError,
+    MailerError,
+    PermanentError,
+    TemporaryError,
+)
+from mailer.render_context import PreviousMessage
+from mailer.store import outbox
+from mailer.store.db import iso
+from mailer.store.ledger import load_cases, load_history
+from mailer.transports.base import DeliveryRefusedError, Transport
+
+log = logging.getLogger(__name__)
+IDENTITY_WAIT = timedelta(minutes=15)
+
+
+class MailboxPort(Protocol):
+    """What the outbox needs of the identity's IMAP mailbox."""
+
+    def find_message_id(self, message_id: str, folders: list[str] | None = None) -> list[str]: ...
+
+    def append_sent(self, data: bytes, when: datetime) -> None: ...
+
+
+MailboxOpener = Callable[[Identity], AbstractContextManager[MailboxPort]]
+
+
+@dataclass
+class TickReport:
+    planned: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    reconciled: int = 0
+    copied: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outbound:
+    app: App
+    transports: Mapping[str, Transport]
+    open_mailbox: MailboxOpener | None = None
+    batch: int = 500
+
+    # --- planning ---------------------------------------------------------------------------
+
+    def plan_due(self, now: datetime, report: TickReport) -> None:
+        """Plan every open case whose next look is due; enqueue what is due now."""
+        store = self.app.store
+        rows = store.conn.execute(
+            "SELECT id, identity FROM cases WHERE closed_at IS NULL"
+            " AND (next_action_at IS NULL OR next_action_at <= ?) ORDER BY id LIMIT ?",
+            (iso(now), self.batch * 10),
+        ).fetchall()
+        if not rows:
+            return
+        identities = {r[0]: r[1] for r in rows}
+        ids = list(identities)
+        history = load_history(store, ids)
+        for case in load_cases(store, ids):
+            try:
+                self._plan_case(case, identities[case.id], history.get(case.id, []), now, report)
+            except Exception as exc:
+                log.exception("planning failed", extra={"case_id": case.id})
+                report.errors.append(f"case {case.id}: {exc}")
+                store.append_event(now, "case_error", {"error": repr(exc)}, case_id=case.id)
+                self._next_look(case.id, now + timedelta(hours=1))
+
+    def _next_look(self, case_id: int, at: datetime | None) -> None:
+        with self.app.store.transaction() as conn:
+            conn.execute(
+                "UPDATE cases SET next_action_at = ? WHERE id = ?",
+                (iso(at) if at else None, case_id),
+            )
+
+    def _plan_case(
+        self,
+        case: Case,
+        identity_name: str | None,
+        history: list[HistoryEntry],
+        now: datetime,
+        report: TickReport,
+    ) -> None:
+        store = self.app.store
+        if case.status is CaseStatus.PAUSED and case.paused_until and case.paused_until <= now:
+            with store.transaction() as conn:
+                conn.execute(
+                    "UPDATE cases SET status = 'active', paused_until = NULL WHERE id = ?",
+                    (case.id,),
+                )
+                store.append_event(now, "case_resumed", {"reason": "pause ended"}, case_id=case.id)
+        action = self.app.plan(case, history, now)
+        if isinstance(action, SendStep) and action.at <= now:
+            if self._enqueue(case, action, identity_name, now):
+                report.planned += 1
+            self._next_look(case.id, now)  # look again: the next step's time depends on this one
+        elif isinstance(action, SendStep | LookAgain):
+            self._next_look(case.id, action.at)
+        else:
+            self._next_look(case.id, None)  # idle until an import, a reply or a person acts
+
+    def _enqueue(
+        self, case: Case, action: SendStep, identity_name: str | None, now: datetime
+    ) -> bool:
+        settings = self.app.settings
+        identity = settings.identity(identity_name) if identity_name else settings.identities[0]
+        addresses = case.debtor.active_addresses
+        if not addresses:
+            self._to_review(case.id, now, "no deliverable address left")
+            return False
+        recipient = addresses[0]  # one consolidated email to the main contact
+        previous = [
+            PreviousMessage(m.sent_at.date(), m.subject)
+            for m in outbox.select(self.app.store, "case_id = ? AND state = 'sent'", (case.id,))
+            if m.sent_at
+        ]
+        rendered = self.app.render(case, action.step, identity, now, previous)
+        in_reply_to, references = outbox.thread(self.app.store, case.id)
+        message_id = new_message_id(identity, case.id, action.step.index)
+        profile_opt_out = settings.profiles[case.debtor.kind].opt_out_line
+        raw = compose(
+            settings.creditor,
+            identity,
+            case,
+            rendered,
+            recipients=[recipient],
+            message_id=message_id,
+            date=now,
+            in_reply_to=in_reply_to,
+            references=references,
+            attachments=_attachments(case),
+            opt_out=profile_opt_out,
+        )
+        envelope = [recipient]
+        if identity.receipt_copy and identity.imap_host:
+            envelope.append(identity.address)
+        state = MessageState.AWAITING_APPROVAL if action.step.approval else MessageState.QUEUED
+        row = outbox.enqueue(
+            self.app.store,
+            case_id=case.id,
+            step=action.step.index,
+            step_name=action.step.name,
+            channel=action.step.channel.value,
+            identity=identity.name,
+            message_id=message_id,
+            recipients=envelope,
+            subject=rendered.subject,
+            raw=raw,
+            in_reply_to=in_reply_to,
+            state=state,
+            now=now,
+            deadline=now + timedelta(hours=settings.retry_deadline_hours),
+        )
+        if row is not None:
+            log.info(
+                "planned %s for case %s (%s)", action.step.name, case.id, state.value,
+                extra={"case_id": case.id, "message_id": message_id},
+            )  # fmt: skip
+        return row is not None
+
+    def _to_review(self, case_id: int, now: datetime, reason: str) -> None:
+        store = self.app.store
+        with store.transaction() as conn:
+            conn.execute(
+                "UPDATE cases SET status = 'review', status_reason = ?, next_action_at = NULL"
+                " WHERE id = ?",
+                (reason, case_id),
+            )
+            store.append_event(now, "case_review", {"reason": reason}, case_id=case_id)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    async def send_due(self, now: datetime, report: TickReport, stop: Callable[[], bool]) -> None:
+        for message in outbox.due(self.app.store, now, self.batch):
+            if stop():
+                return  # shutting down: what is not started stays queued, nothing is lost
+            try:
+                await self._send(message, now, report)
+            except Exception as exc:
+                log.exception("sending failed", extra={"message_id": message.message_id})
+                report.errors.append(f"message {message.id}: {exc}")
+
+    async def _send(self, message: outbox.OutboxMessage, now: datetime, report: TickReport) -> None:
+        store = self.app.store
+        transport = self.transports.get(message.identity)
+        if transport is None:
+            raise MailerError(f"no transport for identity {message.identity!r}")
+        identity = self.app.settings.identity(message.identity)
+        if not outbox.move(
+            store,
+            message,
+            MessageState.SENDING,
+            now,
+            "send_attempt",
+            {"attempt": message.attempts + 1},
+            attempts=message.attempts + 1,
+        ):
+            return
+        data = outbox.raw(store, message)
+        context = {"case_id": message.case_id, "message_id": message.message_id}
+        try:
+            receipt = await transport.send(identity.address, message.recipients, data)
+        except AmbiguousDeliveryError as exc:
+            # Stays in SENDING: reconciliation decides, from the mailbox, whether it went.
+            outbox.record(
+                store, message, now, "send_ambiguous", {"error": str(exc)}, last_error=str(exc)
+            )
+            log.warning("delivery of %s is uncertain: %s", message.message_id, exc, extra=context)
+            return
+        except DeliveryRefusedError as exc:
+            refusals = [
+                {"address": r.address, "code": r.code, "text": r.text} for r in exc.refusals
+            ]
+            outbox.move(
+                store,
+                message,
+                MessageState.FAILED,
+                now,
+                "send_refused",
+                {"stage": exc.stage, "code": exc.code, "detail": exc.detail, "refusals": refusals},
+                last_error=str(exc),
+            )
+            report.failed += 1
+            log.warning("refused: %s", exc, extra=context)
+            return
+        except PermanentError as exc:
+            outbox.move(
+                store,
+                message,
+                MessageState.FAILED,
+                now,
+                "send_failed",
+                {"error": str(exc)},
+                last_error=str(exc),
+            )
+            report.failed += 1
+            return
+        except TemporaryError as exc:
+            self._defer(message, now, exc, report)
+            return
+        outbox.move(
+            store,
+            message,
+            MessageState.SENT,
+            now,
+            "message_sent",
+            {"receipt": receipt.to_json()},
+            sent_at=now,
+            receipt=_json(receipt.to_json()),
+            last_error=None,
+        )
+        report.sent += 1
+        log.info(
+            "sent %s to %s: %s %s",
+            message.step_name,
+            ",".join(receipt.accepted),
+            receipt.code,
+            receipt.text,
+            extra=context,
+        )
+        for refusal in receipt.refused:
+            store.append_event(
+                now,
+                "recipient_refused",
+                {
+                    "message_id": message.message_id,
+                    "address": refusal.address,
+                    "code": refusal.code,
+                    "text": refusal.text,
+                },
+                case_id=message.case_id,
+                message_id=message.id,
+            )
+        sent = outbox.get(store, message.id)
+        if sent is not None:
+            await self._file_copy(sent, now, report)
+
+    def _defer(
+        self, message: outbox.OutboxMessage, now: datetime, exc: TemporaryError, report: TickReport
+    ) -> None:
+        store = self.app.store
+        attempts = message.attempts + 1
+        if isinstance(exc, IdentityUnavailableError):
+            at: datetime | None = now + IDENTITY_WAIT
+            log.error("identity %s cannot send: %s", message.identity, exc)
+        else:
+            at = retry_at(attempts, now, message.deadline_at)
+        if at is None:
+            outbox.move(
+                store,
+                message,
+                MessageState.FAILED,
+                now,
+                "send_expired",
+                {"error": str(exc)},
+                last_error=str(exc),
+            )
+            report.failed += 1
+            return
+        outbox.move(
+            store,
+            message,
+            MessageState.DEFERRED,
+            now,
+            "send_deferred",
+            {"error": str(exc), "retry_at": iso(at)},
+            next_attempt_at=at,
+            last_error=str(exc),
+        )
+        report.deferred += 1
+
+    # --- after a crash or an uncertain send -------------------------------------------------------
+
+    async def reconcile(self, now: datetime, report: TickReport) -> None:
+        """Settle messages left in SENDING: found in the mailbox → sent; not found → queued again."""
+        grace = timedelta(seconds=self.app.settings.reconcile_grace_seconds)
+        for message in outbox.select(self.app.store, "state = 'sending'"):
+            if message.updated_at > now - grace:
+                continue  # the receipt copy may still be on its way
+            identity = self.app.settings.identity(message.identity)
+            if self.open_mailbox is None or not identity.imap_host or not identity.receipt_copy:
+                outbox.move(
+                    self.app.store,
+                    message,
+                    MessageState.FAILED,
+                    now,
+                    "send_unknown",
+                    {
+                        "error": "unknown whether the server accepted it; check the Sent folder and resend by hand"
+                    },
+                )
+                report.failed += 1
+                continue
+            try:
+                folders = await asyncio.to_thread(self._find, identity, message.message_id)
+            except TemporaryError as exc:
+                log.warning("cannot reconcile %s yet: %s", message.message_id, exc)
+                continue
+            if folders:
+                outbox.move(
+                    self.app.store,
+                    message,
+                    MessageState.SENT,
+                    now,
+                    "message_sent",
+                    {"reconciled": True, "found_in": folders},
+                    sent_at=message.updated_at,
+                    receipt=_json({"reconciled_from": folders}),
+                )
+            else:
+                outbox.move(
+                    self.app.store,
+                    message,
+                    MessageState.QUEUED,
+                    now,
+                    "send_retry_after_reconcile",
+                    {"found_in": []},
+                )
+            report.reconciled += 1
+
+    def _find(self, identity: Identity, message_id: str) -> list[str]:
+        assert self.open_mailbox is not None
+        with self.open_mailbox(identity) as box:
+            return box.find_message_id(message_id)
+
+    async def file_copies(self, now: datetime, report: TickReport) -> None:
+        for message in outbox.select(
+            self.app.store,
+            "state = 'sent' AND copied_at IS NULL AND copy_attempts < 10",
+            limit=self.batch,
+        ):
+            await self._file_copy(message, now, report)
+
+    async def _file_copy(
+        self, message: outbox.OutboxMessage, now: datetime, report: TickReport
+    ) -> None:
+        """APPEND the exact bytes to the identity's Sent folder, once (looked up first)."""
+        identity = self.app.settings.identity(message.identity)
+        if self.open_mailbox is None or not identity.imap_host:
+            return
+        data = outbox.raw(self.app.store, message)
+        opener = self.open_mailbox
+
+        def file() -> str:
+            with opener(identity) as box:
+                found = box.find_message_id(message.message_id)
+                sent_folders = [f for f in found if f.upper() != "INBOX"]
+                if sent_folders:
+                    return sent_folders[0]
+                box.append_sent(data, message.sent_at or now)
+                return "appended"
+
+        try:
+            where = await asyncio.to_thread(file)
+        except MailerError as exc:
+            outbox.record(
+                self.app.store,
+                message,
+                now,
+                "sent_copy_failed",
+                {"error": str(exc)},
+                copy_attempts=message.copy_attempts + 1,
+            )
+            return
+        outbox.record(
+            self.app.store, message, now, "sent_copy_filed", {"result": where}, copied_at=now
+        )
+        report.copied += 1
+
+    async def tick(self, now: datetime, stop: Callable[[], bool] = lambda: False) -> TickReport:
+        """One bounded pass; safe to interrupt between any two steps."""
+        report = TickReport()
+        await self.reconcile(now, report)
+        self.plan_due(now, report)
+        await self.send_due(now, report, stop)
+        if not stop():
+            await self.file_copies(now, report)
+        return report
+
+
+def _attachments(case: Case) -> list[Attachment]:
+    files = []
+    for invoice in case.open_invoices:
+        if invoice.pdf_path:
+            path = Path(invoice.pdf_path)
+            try:
+                files.append(Attachment(path.name, path.read_bytes()))
+            except OSError as exc:
+                raise PermanentError(
+                    f"invoice {invoice.number}: cannot read {path}: {exc.strerror}"
+                ) from exc
+    return files
+
+
+def _json(value: object) -> str:
+    from mailer.store.ledger import dump
+
+    return dump(value)

@@ -1,0 +1,1 @@
+"""Outbound channels: one small interface, errors mapped once at each boundary."""
