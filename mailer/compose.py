@@ -99,7 +99,7 @@ def compose_preview(
     creditor: Creditor, identity: Identity, case: Case, rendered: RenderedEmail, now: datetime
 ) -> str:
     """Headers and plain text as the debtor would see them (for `mailer preview`)."""
-    to = ", ".join(f"{one_line(case.debtor.name)} <{a}>" for a in case.debtor.active_addresses)
+    to = ", ".join(f"{one_line(case.debtor.name)} <{a}>" for a in case.debtor.active_addresses[:1])
     lines = [f"From: {from_address(creditor, identity)}", f"To: {to}"]
     if identity.reply_to:
         lines.append(f"Reply-To: {identity.reply_to}")

@@ -91,8 +91,15 @@ def _rows(
         )
     if missing or unknown:
         return
-    for record in reader:
-        line = reader.line_num
+    while True:
+        line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problems.add(line, f"not valid CSV: {exc}")
+            return
         if None in record:
             problems.add(line, "more fields than columns")
             continue

@@ -6,12 +6,11 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
-import ssl
 import threading
 import time
 import uuid
-from argparse import Namespace
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -19,20 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from proxyprotocol.reader import ProxyProtocolReader
-from pymap.backend.maildir import Config as MaildirConfig
-from pymap.backend.maildir import Identity as MaildirIdentity
-from pymap.backend.maildir import Login as MaildirLogin
-from pymap.concurrent import Subsystem
-from pymap.frozen import frozendict
-from pymap.imap import IMAPServer
-from pymap.token import AllTokens
-from pymap.user import UserMetadata
-from pysasl.hashing import Cleartext
 
-HOST = "127.0.0.1"
+from mailer.localservers_pymap import HOST, SENT_FOLDER, start_imap
+
 SINK_FILE = "smtp-sink.jsonl"
-SENT_FOLDER = "Sent"  # pymap 0.36 has no SPECIAL-USE: clients must find it by this name
 
 # A fail rule: one reply for every attempt, or replies consumed in order, then accept.
 FailRule = str | Sequence[str]
@@ -159,13 +148,6 @@ class _SmtpHandler:
         return "250 2.0.0 OK: queued"
 
 
-class _LoopbackConfig(MaildirConfig):
-    @property
-    def greeting(self) -> bytes:
-        # pymap's default calls socket.getfqdn() per connection, a DNS lookup: none here.
-        return b"Server ready localhost"
-
-
 @dataclass
 class LocalMailServers:
     """Where the embedded servers listen and where their mail lives."""
@@ -223,17 +205,29 @@ async def start_local_servers(
     stack = servers._stack
     try:
         servers.smtp_port = await _start_smtp(stack, servers, smtp_port, fail_rules)
-        servers.imap_port = await _start_imap(stack, servers, imap_port)
+        servers.imap_port = await start_imap(
+            stack, servers.maildir_root, servers.users, servers.mailbox_path, imap_port
+        )
     except BaseException:
         await stack.aclose()
         raise
     return servers
 
 
+class _QuietLoginData(logging.Filter):
+    # aiosmtpd 1.4 itself sets the deprecated Session.login_data on every successful AUTH
+    # and logs a warning about it: noise in the demo's output, not our doing.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
 async def _start_smtp(
     stack: AsyncExitStack, servers: LocalMailServers, port: int, fail_rules: FailRules | None
 ) -> int:
     loop = asyncio.get_running_loop()
+    smtp_log = logging.getLogger("mail.log")
+    if not any(isinstance(f, _QuietLoginData) for f in smtp_log.filters):
+        smtp_log.addFilter(_QuietLoginData())
     handler = _SmtpHandler(servers, fail_rules, servers.sink_path)
     protocols: list[SMTP] = []
 
@@ -264,65 +258,6 @@ async def _close_smtp(server: asyncio.Server, protocols: list[SMTP]) -> None:
         if proto._handler_coroutine is not None:
             tasks.append(proto._handler_coroutine)
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _start_imap(stack: AsyncExitStack, servers: LocalMailServers, port: int) -> int:
-    args = Namespace(
-        debug=False, inherited_sockets=None, proxy_protocol=None, passlib_cfg=None, tls=False
-    )
-    config = _LoopbackConfig(
-        args,
-        host=HOST,
-        port=port,
-        base_dir=str(servers.maildir_root),
-        layout="++",
-        colon=None,
-        # Everything on this loop: no worker threads to leak, files are small.
-        subsystem=Subsystem.for_asyncio(),
-        cpu_subsystem=Subsystem.for_asyncio(),
-        hash_context=Cleartext(),  # throwaway loopback passwords, stored as given
-        ssl_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
-        tls_enabled=False,  # plaintext LOGIN allowed: loopback only
-        reject_dnsbl=False,
-        invalid_user_sleep=0.0,
-    )
-    config.apply_context()  # pymap reads its subsystem from a context variable
-    login = MaildirLogin(config)
-    for address, password in servers.users.items():
-        identity = MaildirIdentity(config, AllTokens(config), address, None, {"admin"})
-        rel = os.path.relpath(servers.mailbox_path(address), servers.maildir_root)
-        params = frozendict({"mailbox_path": rel})
-        meta = UserMetadata(config, address, password=password, params=params)
-        await identity.set(meta)
-
-    imap_server = IMAPServer(login, config)
-    tasks: set[asyncio.Task[Any]] = set()
-
-    async def tracked(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: Any
-    ) -> None:
-        # pymap runs each connection in a task of its own: remember it, to cancel at stop.
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        try:
-            await imap_server(reader, writer, info)
-        finally:
-            tasks.discard(task)
-
-    on_connect = ProxyProtocolReader(config.proxy_protocol).get_callback(tracked)
-    server = await asyncio.start_server(on_connect, HOST, port)
-    stack.push_async_callback(_close_imap, server, tasks)
-    return int(server.sockets[0].getsockname()[1])
-
-
-async def _close_imap(server: asyncio.Server, tasks: set[asyncio.Task[Any]]) -> None:
-    server.close()
-    await server.wait_closed()
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 @contextlib.contextmanager

@@ -60,7 +60,8 @@ def _interest(invoice: Invoice, case: Case, today: date) -> InterestComputation:
     try:
         return late_interest(invoice, case.debtor.kind, today)
     except LookupError as exc:
-        # No published rate for a day: better no email than a made-up figure.
+        # A day before the published table (or in a gap): better no email than a made-up figure.
+        # Days after its end use the last rate, marked provisional (see money.rate_on).
         raise NeedsReviewError(f"case {case.id}: invoice {invoice.number}: {exc}") from exc
 
 
@@ -80,6 +81,8 @@ def _invoice(invoice: Invoice, computed: InterestComputation, creditor: Creditor
         "interest_rate": rate,  # annual percent in force on the last day counted
         "compensation": computed.compensation,
         "interest_basis": computed.basis,
+        # The rate was carried forward past the published table: say so rather than hide it.
+        "interest_provisional": computed.provisional,
         "total_due": cents(invoice.balance + computed.total),
         "payment_link": _payment_link(invoice, creditor),
     }
@@ -102,7 +105,14 @@ def build_context(
     it anyway; templates may test ``opt_out`` to word things around it). ``respond_by`` is the
     date a final notice names; by default ``today`` + RESPOND_DAYS.
     """
-    invoices = sorted(case.open_invoices, key=lambda i: (i.due_date, i.number))
+    open_invoices = sorted(case.open_invoices, key=lambda i: (i.due_date, i.number))
+    overdue = [i for i in open_invoices if i.due_date < today]
+    # A reminder is about what is overdue (an invoice not yet due is not chased); a courtesy
+    # notice, sent before the due date, is about what falls due next.
+    if overdue and step.offset_days >= 0:
+        invoices = overdue
+    else:
+        invoices = [i for i in open_invoices if i.due_date >= today] or open_invoices
     if not invoices:
         raise ValueError(f"case {case.id} has no open invoice: nothing to write about")
     currencies = {i.currency for i in invoices}
@@ -147,6 +157,7 @@ def build_context(
             "interest_basis": computed[0].basis,
             # Annual percent in force on the last day counted (None while nothing is overdue).
             "interest_rate": rates[-1] if rates else None,
+            "interest_provisional": any(r["interest_provisional"] for r in rows),
             "oldest_due_date": invoices[0].due_date,
             "max_days_overdue": max(c.days_overdue for c in computed),
         },

@@ -235,10 +235,12 @@ def _judge(f: _Found, prose: str) -> FailedRecipient:
     text_status = status_in_text(diagnostic) or (status_in_text(prose) if not status else "")
     if not status or (status.endswith(".0.0") and text_status and text_status[0] == status[0]):
         status = text_status or status
-    reason = decide_reason(f.diagnostic.strip(), status, prose)
+    reason = decide_reason(f.diagnostic.strip(), status, prose, reported_status=bool(f.status))
     delayed = f.action == "delayed" or (
         not f.action and not status and bool(_DELAY_WORDS.search(prose + diagnostic))
     )
+    if reason is None and f.address.endswith("@googlegroups.com"):
+        reason = Reason.REJECTED  # Google Groups refuses posts from non-members, in any language
     if reason is None:
         reason = Reason.EXPIRED if delayed else Reason.ON_HOLD
     if not status:

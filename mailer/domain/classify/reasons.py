@@ -396,7 +396,8 @@ _COMMAND_RE = (
         ),
     ),
 )
-_USER_STATUS = re.compile(r"^[45]\.1\.\d+$")
+_USER_STATUS = re.compile(r"^[45]\.(?:1\.\d+|4\.1|5\.0)$")  # codes servers give unknown users
+_FILTER_STATUS = re.compile(r"^[45]\.(?:2\.[01]|7\.1|3\.0)$")  # codes of mailbox filters
 # Text reasons a specific status code overrides: they are what a server says in passing
 # ("Recipient address rejected: ...") while the code names the real cause.
 _WEAK_TEXT = frozenset(
@@ -428,7 +429,9 @@ def smtp_command(text: str) -> str:
     return ""
 
 
-def decide_reason(diagnostic: str, status: str, context: str) -> Reason | None:
+def decide_reason(
+    diagnostic: str, status: str, context: str, *, reported_status: bool = True
+) -> Reason | None:
     """Combine the server's words, the status code and the SMTP command into one reason."""
     # The line that names the recipient speaks for it; later lines may be another attempt's.
     text_reason = reason_from_text(diagnostic.strip().split("\n", 1)[0]) or reason_from_text(
@@ -442,9 +445,14 @@ def decide_reason(diagnostic: str, status: str, context: str) -> Reason | None:
     ):
         reason = status_reason
     if reason is Reason.USER_UNKNOWN and command != "RCPT" and not _USER_STATUS.match(status):
-        # "User unknown" neither at RCPT TO nor with a x.1.x code is a filter's answer after the
-        # message was sent (Sisimai's "filtered"): the address may well exist.
-        reason = Reason.FILTERED
+        # "User unknown" after the message was sent, with a filter's code, or in a DSN whose
+        # status names no cause, is a filter's answer (Sisimai's "filtered"): the address may exist.
+        if (
+            command == "DATA"
+            or _FILTER_STATUS.match(status)
+            or (reported_status and status[1:] == ".0.0")
+        ):
+            reason = Reason.FILTERED
     if (
         reason in (None, Reason.USER_UNKNOWN, Reason.HOST_UNKNOWN, Reason.FILTERED, Reason.ON_HOLD)
         and command == "MAIL"

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import re
 
-# A line that opens quoted history: "On <date>, <name> wrote:" in many languages and clients.
+# Verbs mail clients put in the line above quoted history ("On ..., X wrote:"), by language.
+_WROTE_VERB = (
+    r"wrote|writes|escribi[oó]|escreveu|a [ée]crit|schrieb|schreef|geschreven|ha scritto|"
+    r"scrisse|skrev|kirjoitti|napisa[łl]|написал[аи]?|пишет|yazd[ıi]"
+)
+# "On Tue, 1 Mar 2016 at 10:00, Name <x@y> wrote:" and its kin, possibly with dashes around.
 _WROTE_LINE = re.compile(
-    r"^\s*(?:"
-    r"on\b.{0,200}\b(?:wrote|writes|said|sent)\s*:?"
-    r"|el\b.{0,200}\b(?:escribi[oó]|escribio)\s*:?"
-    r"|em\b.{0,200}\b(?:escreveu)\s*:?"
-    r"|le\b.{0,200}\b(?:a [ée]crit)\s*:?"
-    r"|am\b.{0,200}\b(?:schrieb|geschrieben)\s*:?"
-    r"|il\b.{0,200}\b(?:ha scritto)\s*:?"
-    r"|op\b.{0,200}\b(?:geschreven)\s*:?"
-    r"|den\b.{0,200}\b(?:skrev)\s*:?"
-    r"|\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}.{0,120}\b(?:wrote|escribi[oó]|a [ée]crit|schrieb|skrev)\s*:?"
-    r"|.{0,200}\b(?:wrote|escribi[oó]|a [ée]crit|schrieb|skrev|kirjoitti|napisał)\s*:"
-    r")\s*$",
+    rf"^[\s-]*\S.{{0,250}}(?<![/\w-])(?:{_WROTE_VERB})(?:\b[^\n]{{0,80}}:)?[\s-]*$",
     re.IGNORECASE,
+)
+# A date-ish line that ends with the quoted author's address: '26.06.2014, 14:41, "X" <x@y>:'
+_AUTHOR_LINE = re.compile(
+    r"^\s*\S.{0,250}(?:<[^<>\s]+@[^<>\s]*>?|\b\S+@\S+\.\w+)\s*>?\s*:\s*$", re.IGNORECASE
 )
 # Separators clients put above the quoted message.
 _SEPARATOR = re.compile(
@@ -26,28 +24,23 @@ _SEPARATOR = re.compile(
     r"-{2,}\s*(?:original message|mensaje original|message d'origine|urspr[üu]ngliche nachricht|"
     r"mensagem original|messaggio originale|forwarded message|mensaje reenviado|oorspronkelijk bericht|"
     r"opprinnelig melding|original meddelelse|alkuper[äa]inen viesti)\s*-{2,}"
-    r"|_{10,}"
+    r"|_{10,}|={4,}|\*{10,}"
     r"|-{5,}\s*(?:reply above this line|responda por encima)?.*"
     r"|#{2,}\s*-?\s*(?:please type your reply above this line|reply above this line).*"
-    r"|\*?(?:from|de|von|van|fra|da|lähettäjä|od)\s*:\*?\s.+"
-    r"|begin forwarded message:"
+    r"|begin forwarded message:|message du\s*:.*"
     r")\s*$",
     re.IGNORECASE,
 )
-# Header blocks pasted by Outlook: "From: x / Sent: y / To: z / Subject: w".
-_HEADER_LINE = re.compile(
-    r"^\s*\*?(?:from|sent|to|cc|subject|date|de|enviado(?: el)?|para|asunto|fecha|envoy[ée]|[àa]|objet|"
-    r"von|gesendet|an|betreff|datum|em|assunto|data|fra|sendt|til|emne|emne)\s*:\*?",
-    re.IGNORECASE,
-)
+# "From: x / Sent: y / To: z / Subject: w" pasted by Outlook and others, in any language.
+_FIELD_LINE = re.compile(r"^\s*\*?[^\W\d_][^:\n]{0,24}:\*?(?:\s*\S.*)?$")
 # Signature openers; the text from here on is the sender's furniture, not their message.
 _SIGNATURE = re.compile(
     r"^\s*(?:"
     r"--\s*|__+\s*"
-    r"|sent from my [\w -]+|sent from (?:mail|outlook|yahoo mail|gmail|windows mail)\b.*"
-    r"|enviado desde mi [\w -]+|enviado desde (?:outlook|correo)\b.*|envoy[ée] de mon [\w -]+"
-    r"|von meinem [\w -]+ gesendet|gesendet von (?:meinem )?[\w -]+|enviado do meu [\w -]+"
-    r"|get outlook for \w+.*"
+    r"|sent from my \w.*|sent from (?:mail|outlook|yahoo mail|gmail|windows mail)\b.*"
+    r"|enviado desde mi \w.*|enviado desde (?:outlook|correo)\b.*|envoy[ée] de mon \w.*"
+    r"|von meinem \w.* gesendet|gesendet von \w.*|enviado do meu \w.*|inviato da \w.*"
+    r"|get outlook for \w.*|sent with \w.*"
     r")$",
     re.IGNORECASE,
 )
@@ -57,38 +50,44 @@ def _is_quote(line: str) -> bool:
     return line.lstrip().startswith(">")
 
 
+def _opens_history(lines: list[str], i: int) -> bool:
+    """Whether quoted history starts at line i: a quote header, a separator or pasted headers."""
+    line = lines[i]
+    if not line.strip():
+        return False
+    joined = line + " " + lines[i + 1].strip() if i + 1 < len(lines) else line
+    for candidate in (line, joined):
+        if len(candidate) < 400 and (_WROTE_LINE.match(candidate) or _AUTHOR_LINE.match(candidate)):
+            # A sentence that merely contains "wrote" is not a header: headers end the paragraph
+            # or are followed by quoted lines.
+            nxt = lines[i + 2] if candidate is joined and i + 2 < len(lines) else (
+                lines[i + 1] if i + 1 < len(lines) else ""
+            )
+            if candidate.rstrip().endswith(":") or not nxt.strip() or _is_quote(nxt):
+                return True
+    if _SEPARATOR.match(line):
+        return True
+    window = lines[i : i + 4]
+    if len(window) >= 3 and all(_FIELD_LINE.match(w) for w in window[:3]):
+        # Three "Field: value" lines in a row, one of them naming an address or a date.
+        return any(re.search(r"@|\d{4}|\d{1,2}:\d{2}", w) for w in window[:3])
+    return False
+
+
 def _cut_at_history(lines: list[str]) -> list[str]:
     for i, line in enumerate(lines):
-        if _is_quote(line) and i > 0:
-            # Quoted lines after some text of our own: history starts here (or at the line above
-            # when that is an "On ... wrote:" header broken over two lines).
+        if i == 0:
+            continue
+        if _is_quote(line):
             head = i
-            if head > 0 and not lines[head - 1].strip():
+            while head > 0 and not lines[head - 1].strip():
                 head -= 1
-            return (
-                lines[:head]
-                if any(ln.strip() for ln in lines[:head])
-                else _own_text_after_quotes(lines)
-            )
-        if _WROTE_LINE.match(line) and i > 0:
-            return lines[:i]
-        # "On Tue, 1 Mar 2016 at 10:00, Name <x@y>" then "wrote:" on the next line
-        if i + 1 < len(lines) and re.match(
-            r"^\s*(?:wrote|escribi[oó]|a [ée]crit|schrieb)\s*:\s*$", lines[i + 1], re.I
-        ):
-            return lines[:i]
-        if (
-            i + 1 < len(lines)
-            and _WROTE_LINE.match(line + " " + lines[i + 1].strip())
-            and re.match(r"^\s*(?:on|el|le|am|em)\b", line, re.I)
-        ):
-            return lines[:i]
-        if _SEPARATOR.match(line) and i > 0:
-            if re.match(r"^\s*\*?(?:from|de|von|van|fra|da)\s*:", line, re.I):
-                # Only a pasted header block (From: followed by Sent:/To:/Subject:) opens history.
-                window = lines[i + 1 : i + 6]
-                if sum(bool(_HEADER_LINE.match(w)) for w in window) < 1:
-                    continue
+            if head > 0 and _opens_history(lines, head - 1):
+                head -= 1
+            if any(ln.strip() for ln in lines[:head]):
+                return lines[:head]
+            return _own_text_after_quotes(lines)
+        if _opens_history(lines, i):
             return lines[:i]
     if lines and _is_quote(lines[0]):
         return _own_text_after_quotes(lines)
@@ -110,7 +109,7 @@ def _cut_signature(lines: list[str]) -> list[str]:
 
 def extract_reply(body: str) -> str:
     """The words the person wrote in this message, as they wrote them."""
-    text = re.sub(r"\r\n?", "\n", body).replace("\u00a0", " ")
+    text = re.sub(r"\r\n?", "\n", body).replace("\u00a0", " ").replace("\u200e", "")
     lines = text.split("\n")
     lines = _cut_at_history(lines)
     lines = _cut_signature(lines)

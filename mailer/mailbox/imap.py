@@ -1,0 +1,229 @@
+"""The IMAP edge: file sent copies and look messages up by Message-ID (imapclient, blocking)."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from types import TracebackType
+from typing import Any
+
+import imapclient
+from imapclient.exceptions import LoginError
+
+from mailer.domain.models import Identity, SmtpSecurity
+from mailer.errors import PermanentError, TemporaryError
+
+# Tried in order when no folder carries the \Sent special-use attribute (or the server, like
+# pymap, does not implement SPECIAL-USE). Compared case-insensitively.
+SENT_NAMES = ("Sent", "Sent Items", "INBOX.Sent", "INBOX/Sent", "Enviados", "Elementos enviados")
+# Response codes (RFC 5530) saying a NO is about the server's state, not the request.
+_TRANSIENT_CODES = ("[UNAVAILABLE]", "[INUSE]", "[SERVERBUG]", "[LIMIT]")
+_SEEN = rb"\Seen"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = str(exc).upper()
+    return any(code in text for code in _TRANSIENT_CODES)
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """Translate imapclient/imaplib, socket and TLS errors into mailer's error tree, once."""
+    try:
+        yield
+    except LoginError as exc:
+        if _is_transient(exc):
+            raise TemporaryError(f"IMAP {what}: {exc}") from exc
+        raise PermanentError(f"IMAP {what}: login refused: {exc}") from exc
+    except imaplib.IMAP4.readonly as exc:  # before .abort: it is a subclass
+        raise PermanentError(f"IMAP {what}: mailbox is read-only: {exc}") from exc
+    except imaplib.IMAP4.abort as exc:  # the connection broke or the server hung up
+        raise TemporaryError(f"IMAP {what}: connection lost: {exc}") from exc
+    except imaplib.IMAP4.error as exc:  # a NO or BAD reply
+        if _is_transient(exc):
+            raise TemporaryError(f"IMAP {what}: {exc}") from exc
+        raise PermanentError(f"IMAP {what}: refused: {exc}") from exc
+    except ssl.SSLCertVerificationError as exc:  # retrying cannot fix a bad certificate
+        raise PermanentError(f"IMAP {what}: TLS certificate rejected: {exc}") from exc
+    except (OSError, EOFError) as exc:  # refused, reset, timeout, other TLS errors
+        raise TemporaryError(f"IMAP {what}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class ImapMailbox:
+    """One logged-in IMAP connection to one of the business's mailboxes. Not thread-safe."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        security: SmtpSecurity,
+        user: str,
+        password: str,
+        *,
+        verify_tls: bool = True,
+        ca_file: str | None = None,
+        timeout: float = 30.0,
+        sent_folder: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.security = security
+        self.user = user
+        self._password = password
+        self.verify_tls = verify_tls
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._sent_folder = sent_folder
+        self._client: Any = None  # imapclient.IMAPClient once connected
+
+    def __repr__(self) -> str:
+        return f"ImapMailbox({self.user}@{self.host}:{self.port}, {self.security})"
+
+    @classmethod
+    def for_identity(cls, identity: Identity, password: str, **kw: Any) -> ImapMailbox:
+        if not identity.imap_host:
+            raise PermanentError(f"identity {identity.name}: no imap_host configured")
+        kw.setdefault("verify_tls", identity.verify_tls)
+        kw.setdefault("ca_file", identity.ca_file)
+        kw.setdefault("sent_folder", identity.sent_folder)
+        return cls(
+            identity.imap_host,
+            identity.imap_port,
+            identity.imap_security,
+            identity.imap_user or identity.smtp_user or identity.address,
+            password,
+            **kw,
+        )
+
+    # ------------------------------------------------------------------ connection
+    def connect(self) -> None:
+        if self._client is not None:
+            return
+        context = _ssl_context(self.verify_tls, self.ca_file)
+        client: Any = None
+        try:
+            with _mapped("connect"):
+                client = imapclient.IMAPClient(
+                    self.host,
+                    self.port,
+                    ssl=self.security is SmtpSecurity.TLS,
+                    ssl_context=context,
+                    timeout=self.timeout,
+                )
+                if self.security is SmtpSecurity.STARTTLS:
+                    client.starttls(context)
+                client.login(self.user, self._password)
+        except BaseException:
+            if client is not None:
+                with suppress(Exception):
+                    client.shutdown()
+            raise
+        self._client = client
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:
+            # Logging out is a courtesy: the socket is closed below whatever happened.
+            with suppress(Exception):
+                client.shutdown()
+
+    def __enter__(self) -> ImapMailbox:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def _imap(self) -> Any:
+        if self._client is None:
+            raise TemporaryError(f"{self!r}: not connected")
+        return self._client
+
+    # ------------------------------------------------------------------ folders
+    def sent_folder(self) -> str:
+        """The configured Sent folder, else the one marked \\Sent, else a usual name."""
+        if self._sent_folder is not None:
+            return self._sent_folder
+        with _mapped("LIST"):
+            folders = self._imap.list_folders()
+        names = [name for _flags, _delim, name in folders]
+        for flags, _delim, name in folders:
+            if imapclient.SENT in flags:
+                self._sent_folder = str(name)
+                return self._sent_folder
+        by_lower = {str(name).lower(): str(name) for name in names}
+        for candidate in SENT_NAMES:
+            if candidate.lower() in by_lower:
+                self._sent_folder = by_lower[candidate.lower()]
+                return self._sent_folder
+        raise PermanentError(
+            f"{self!r}: no Sent folder (none marked \\Sent, none named {', '.join(SENT_NAMES)}); "
+            "set sent_folder for this identity"
+        )
+
+    # ------------------------------------------------------------------ messages
+    def append_sent(self, data: bytes, when: datetime) -> None:
+        """File ``data`` unchanged in the Sent folder, already read, dated ``when``."""
+        folder = self.sent_folder()
+        with _mapped(f"APPEND to {folder}"):
+            self._imap.append(folder, data, flags=(_SEEN,), msg_time=when)
+
+    def find_message_id(self, message_id: str, folders: Sequence[str] | None = None) -> list[str]:
+        """The folders (default INBOX and Sent) holding a message with this Message-ID.
+
+        Folders are opened read-only (EXAMINE) and only SEARCH and BODY.PEEK are used, so
+        no flag, \\Seen included, changes.
+        """
+        if folders is None:
+            folders = ["INBOX", self.sent_folder()]
+        return [f for f in folders if self._uids_with_message_id(f, message_id)]
+
+    def fetch_raw(self, folder: str, message_id: str) -> bytes | None:
+        """The exact bytes of the first message in ``folder`` with this Message-ID."""
+        uids = self._uids_with_message_id(folder, message_id)
+        if not uids:
+            return None
+        with _mapped(f"FETCH in {folder}"):
+            response = self._imap.fetch(uids[:1], ["BODY.PEEK[]"])
+        data = response.get(uids[0], {}).get(b"BODY[]")
+        return bytes(data) if data is not None else None
+
+    def _uids_with_message_id(self, folder: str, message_id: str) -> list[int]:
+        # SEARCH HEADER matches substrings: confirm each hit against the whole header.
+        wanted = message_id.strip()
+        with _mapped(f"SEARCH in {folder}"):
+            self._imap.select_folder(folder, readonly=True)
+            uids = list(self._imap.search(["HEADER", "Message-ID", wanted]))
+            if not uids:
+                return []
+            headers = self._imap.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        parser = BytesHeaderParser()
+        matches = []
+        for uid in uids:
+            raw = headers.get(uid, {}).get(b"BODY[HEADER.FIELDS (MESSAGE-ID)]", b"")
+            found = parser.parsebytes(bytes(raw)).get("Message-ID", "")
+            if str(found).strip() == wanted:
+                matches.append(uid)
+        return matches
