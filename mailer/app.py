@@ -116,10 +116,21 @@ def sample_cases(settings: Settings) -> Iterator[Case]:
     store.close()
 
 
+def _representative(cases: Iterator[Case]) -> list[Case]:
+    """Per language and debtor kind: the case with most invoices and one with a single invoice."""
+    chosen: dict[tuple[str, str, bool], Case] = {}
+    for case in cases:
+        key = (case.debtor.lang, case.debtor.kind.value, len(case.open_invoices) > 1)
+        best = chosen.get(key)
+        if best is None or len(case.open_invoices) > len(best.open_invoices):
+            chosen[key] = case
+    return list(chosen.values())
+
+
 def sample_contexts(settings: Settings, campaigns: dict[str, Campaign]) -> Iterator[dict[str, Any]]:
-    """A context per sample case and step: every template is rendered against real data shapes."""
+    """A context per representative sample case and step: templates meet real data shapes."""
     identity = settings.identities[0]
-    for case in sample_cases(settings):
+    for case in _representative(sample_cases(settings)):
         profile = profile_for(case.debtor, settings.profiles)
         campaign = campaigns.get(profile.campaign)
         if campaign is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -258,6 +259,69 @@ def classify(path: Path, as_json: bool) -> None:
     for key, value in result.items():
         if value not in (None, [], ""):
             console.print(f"[bold]{key}[/]: {value}")
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "workdir",
+    default="demo-output",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Where the demo keeps its database and mail (emptied first).",
+)
+@click.option("--days", default=60, show_default=True, help="Simulated days.")
+@click.option("--step-minutes", default=60, show_default=True, help="Simulated time per tick.")
+def demo(workdir: Path, days: int, step_minutes: int) -> None:
+    """Run a whole escalation on local servers in simulated time: no setup, no network."""
+    from mailer.demo import run_demo
+
+    result = run_demo(workdir, days=days, step_minutes=step_minutes, console=console)
+    if not result.chain_ok or result.sent == 0:
+        raise MailerError("the demo did not complete as expected")
+
+
+@main.command()
+@click.option(
+    "--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True
+)
+@click.option("--once", is_flag=True, help="Run one tick and exit (for cron or a test).")
+@click.pass_obj
+def run(obj: Ctx, log_format: str, once: bool) -> None:
+    """The daemon: plan and send due reminders, tick after tick, until SIGTERM."""
+    import asyncio
+
+    from mailer.daemon import make_daemon
+    from mailer.logs import setup_logging
+
+    setup_logging(log_format)
+    daemon = make_daemon(obj.settings())
+
+    async def main_loop() -> None:
+        daemon.install_signals()
+        if once:
+            await daemon.tick()
+            await daemon.close()
+        else:
+            await daemon.run()
+
+    asyncio.run(main_loop())
+
+
+@main.command()
+@click.argument("message_ids", nargs=-1, type=int, required=True)
+@click.option(
+    "--by", "who", default=lambda: os.environ.get("USER", "staff"), help="Who approves (recorded)."
+)
+@click.pass_obj
+def approve(obj: Ctx, message_ids: tuple[int, ...], who: str) -> None:
+    """Approve messages held for a person's approval (final notice, hand-over)."""
+    from mailer.flows.staff import approve as approve_message
+
+    app = obj.app()
+    for message_id in message_ids:
+        approve_message(app.store, message_id, obj.now, who)
+        console.print(f"message {message_id} approved: it goes out at the next tick")
 
 
 if __name__ == "__main__":

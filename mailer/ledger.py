@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -65,21 +63,41 @@ class _Problems:
 
 def _rows(
     path: Path, required: tuple[str, ...], optional: tuple[str, ...], problems: _Problems
-) -> Iterable[tuple[int, dict[str, str]]]:
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Stripped records by column name with the line each starts on, read as a stream."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # Excel writes a BOM
+        # utf-8-sig: Excel writes a BOM. Streamed, so a large ledger is never all in memory.
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            yield from _records(handle, required, optional, problems)
     except OSError as exc:
         problems.add(0, f"cannot read: {exc.strerror}")
-        return
+    except UnicodeDecodeError:
+        line, offset = _first_bad_byte(path)
+        problems.add(line, f"not UTF-8 text (byte {offset}); export the sheet as CSV UTF-8")
+
+
+def _first_bad_byte(path: Path) -> tuple[int, int]:
+    """Where decoding fails (line, byte offset): the streamed reader only knows its chunk."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        problems.add(0, f"not UTF-8 text (byte {exc.start}); export the sheet as CSV UTF-8")
-        return
+        return data.count(b"\n", 0, exc.start) + 1, exc.start
+    return 0, 0
+
+
+def _records(
+    handle: TextIO, required: tuple[str, ...], optional: tuple[str, ...], problems: _Problems
+) -> Iterator[tuple[int, dict[str, str]]]:
     # Spreadsheets in Spanish locales export with ';' (the comma is the decimal separator).
-    first = text.split("\n", 1)[0]
+    first = handle.readline()
     dialect = _Semicolon if ";" in first and "," not in first else csv.excel
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
+    reader = csv.reader(itertools.chain((first,), handle), dialect=dialect)
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        problems.add(1, f"not valid CSV: {exc}")
+        return
     missing = [c for c in required if c not in header]
     unknown = [c for c in header if c not in required and c not in optional]
     if missing:
@@ -91,6 +109,7 @@ def _rows(
         )
     if missing or unknown:
         return
+    width = len(header)
     while True:
         line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
         try:
@@ -100,13 +119,15 @@ def _rows(
         except csv.Error as exc:
             problems.add(line, f"not valid CSV: {exc}")
             return
-        if None in record:
+        if not record:
+            continue  # csv.DictReader skipped empty records too
+        if len(record) > width:
             problems.add(line, "more fields than columns")
             continue
-        if any(v is None for v in record.values()):
+        if len(record) < width:
             problems.add(line, "fewer fields than columns")
             continue
-        values = {k: (v or "").strip() for k, v in record.items() if k is not None}
+        values = dict(zip(header, map(str.strip, record), strict=True))
         if not any(values.values()):
             continue  # blank lines at the end of exported sheets
         yield line, values

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailer.localservers_pymap import HOST, SENT_FOLDER, start_imap
+from mailer.localservers_pymap import HOST, SENT_FOLDER, close_server, start_imap
 
 SINK_FILE = "smtp-sink.jsonl"
 
@@ -94,7 +94,6 @@ class _SmtpHandler:
             else:
                 self._by_rcpt[key.lower()] = rule if isinstance(rule, str) else list(rule)
         self._transactions = 0
-        self._lock = threading.Lock()
 
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
@@ -103,7 +102,8 @@ class _SmtpHandler:
             return AuthResult(success=False, handled=False)
         login, password = data.login.decode(), data.password.decode()
         expected = self._servers.users.get(login)
-        return AuthResult(success=expected is not None and expected == password)
+        # handled=False: aiosmtpd then sends the 535 reply itself.
+        return AuthResult(success=expected is not None and expected == password, handled=False)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -142,7 +142,7 @@ class _SmtpHandler:
                 deliver(self._servers.mailbox_path(rcpt), data)
         row = {"from": message.envelope_from, "to": list(message.rcpt_tos)}
         row["data"] = base64.b64encode(data).decode("ascii")
-        with self._lock, open(self._sink_path, "a", encoding="utf-8") as fh:
+        with open(self._sink_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         self._servers._sink.append(message)
         return "250 2.0.0 OK: queued"
@@ -239,6 +239,7 @@ async def _start_smtp(
             auth_require_tls=False,
             loop=loop,
         )
+        protocols[:] = [p for p in protocols if p.transport is not None]  # drop finished ones
         protocols.append(proto)
         return proto
 
@@ -248,8 +249,7 @@ async def _start_smtp(
 
 
 async def _close_smtp(server: asyncio.Server, protocols: list[SMTP]) -> None:
-    server.close()
-    await server.wait_closed()
+    await close_server(server)
     # Python 3.11's wait_closed() does not wait for open connections: close them here.
     tasks = []
     for proto in protocols:

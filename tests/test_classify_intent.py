@@ -113,7 +113,12 @@ def test_a_promise_without_a_date_has_none() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["Total: 1.250,50 €", "Son 3.5 horas de trabajo", "version 2.10 del programa", "el 50% restante"],
+    [
+        "Total: 1.250,50 €",
+        "Son 3.5 horas de trabajo",
+        "version 2.10 del programa",
+        "el 50% restante",
+    ],
 )
 def test_amounts_and_numbers_are_not_dates(text: str) -> None:
     assert find_dates(text, REF) == []

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from mailer.app import App
 from mailer.compose import Attachment, compose, new_message_id
+from mailer.domain.calendar import next_slot
 from mailer.domain.models import (
     Case,
     CaseStatus,
@@ -197,17 +198,56 @@ class Outbound:
 
     # --- sending ------------------------------------------------------------------------------
 
-    async def send_due(self, now: datetime, report: TickReport, stop: Callable[[], bool]) -> None:
+    async def send_due(
+        self, now: datetime, report: TickReport, stop: Callable[[], bool]
+    ) -> frozenset[int]:
+        """Send what is due; returns the ids accepted in this pass."""
+        sent: set[int] = set()
         for message in outbox.due(self.app.store, now, self.batch):
             if stop():
-                return  # shutting down: what is not started stays queued, nothing is lost
+                break  # shutting down: what is not started stays queued, nothing is lost
             try:
-                await self._send(message, now, report)
+                if self._held_for_window(message, now) or not await self._send(
+                    message, now, report
+                ):
+                    continue
+                sent.add(message.id)
             except Exception as exc:
                 log.exception("sending failed", extra={"message_id": message.message_id})
                 report.errors.append(f"message {message.id}: {exc}")
+        return frozenset(sent)
 
-    async def _send(self, message: outbox.OutboxMessage, now: datetime, report: TickReport) -> None:
+    def _held_for_window(self, message: outbox.OutboxMessage, now: datetime) -> bool:
+        """Quiet hours hold for every send: an approval at night or a retry waits for the window."""
+        cases = list(load_cases(self.app.store, [message.case_id]))
+        if not cases:
+            outbox.move(
+                self.app.store,
+                message,
+                MessageState.CANCELLED,
+                now,
+                "message_cancelled",
+                {"reason": "case closed"},
+            )
+            return True
+        case = cases[0]
+        campaign = self.app.campaign_for(case)
+        calendar = self.app.calendar(case.debtor.country, case.debtor.region)
+        slot = next_slot(now, case.debtor.timezone, campaign.policy, calendar)
+        if slot <= now:
+            return False
+        outbox.record(
+            self.app.store,
+            message,
+            now,
+            "held_for_window",
+            {"until": iso(slot)},
+            next_attempt_at=slot,
+        )
+        return True
+
+    async def _send(self, message: outbox.OutboxMessage, now: datetime, report: TickReport) -> bool:
+        """One attempt; True when the server accepted the message."""
         store = self.app.store
         transport = self.transports.get(message.identity)
         if transport is None:
@@ -222,7 +262,7 @@ class Outbound:
             {"attempt": message.attempts + 1},
             attempts=message.attempts + 1,
         ):
-            return
+            return False
         data = outbox.raw(store, message)
         context = {"case_id": message.case_id, "message_id": message.message_id}
         try:
@@ -233,7 +273,7 @@ class Outbound:
                 store, message, now, "send_ambiguous", {"error": str(exc)}, last_error=str(exc)
             )
             log.warning("delivery of %s is uncertain: %s", message.message_id, exc, extra=context)
-            return
+            return False
         except DeliveryRefusedError as exc:
             refusals = [
                 {"address": r.address, "code": r.code, "text": r.text} for r in exc.refusals
@@ -249,7 +289,7 @@ class Outbound:
             )
             report.failed += 1
             log.warning("refused: %s", exc, extra=context)
-            return
+            return False
         except PermanentError as exc:
             outbox.move(
                 store,
@@ -261,10 +301,10 @@ class Outbound:
                 last_error=str(exc),
             )
             report.failed += 1
-            return
+            return False
         except TemporaryError as exc:
             self._defer(message, now, exc, report)
-            return
+            return False
         outbox.move(
             store,
             message,
@@ -298,9 +338,7 @@ class Outbound:
                 case_id=message.case_id,
                 message_id=message.id,
             )
-        sent = outbox.get(store, message.id)
-        if sent is not None:
-            await self._file_copy(sent, now, report)
+        return True
 
     def _defer(
         self, message: outbox.OutboxMessage, now: datetime, exc: TemporaryError, report: TickReport
@@ -390,58 +428,79 @@ class Outbound:
         with self.open_mailbox(identity) as box:
             return box.find_message_id(message_id)
 
-    async def file_copies(self, now: datetime, report: TickReport) -> None:
-        for message in outbox.select(
+    async def file_copies(
+        self, now: datetime, report: TickReport, fresh: frozenset[int] = frozenset()
+    ) -> None:
+        """APPEND each sent message's exact bytes to its identity's Sent folder, once.
+
+        One IMAP session per identity per pass. A message sent in this very pass is appended
+        directly; any other (a failed earlier try, or a crash after APPEND) is looked up first.
+        """
+        pending = outbox.select(
             self.app.store,
             "state = 'sent' AND copied_at IS NULL AND copy_attempts < 10",
             limit=self.batch,
-        ):
-            await self._file_copy(message, now, report)
-
-    async def _file_copy(
-        self, message: outbox.OutboxMessage, now: datetime, report: TickReport
-    ) -> None:
-        """APPEND the exact bytes to the identity's Sent folder, once (looked up first)."""
-        identity = self.app.settings.identity(message.identity)
-        if self.open_mailbox is None or not identity.imap_host:
-            return
-        data = outbox.raw(self.app.store, message)
-        opener = self.open_mailbox
-
-        def file() -> str:
-            with opener(identity) as box:
-                found = box.find_message_id(message.message_id)
-                sent_folders = [f for f in found if f.upper() != "INBOX"]
-                if sent_folders:
-                    return sent_folders[0]
-                box.append_sent(data, message.sent_at or now)
-                return "appended"
-
-        try:
-            where = await asyncio.to_thread(file)
-        except MailerError as exc:
-            outbox.record(
-                self.app.store,
-                message,
-                now,
-                "sent_copy_failed",
-                {"error": str(exc)},
-                copy_attempts=message.copy_attempts + 1,
-            )
-            return
-        outbox.record(
-            self.app.store, message, now, "sent_copy_filed", {"result": where}, copied_at=now
         )
-        report.copied += 1
+        by_identity: dict[str, list[outbox.OutboxMessage]] = {}
+        for message in pending:
+            by_identity.setdefault(message.identity, []).append(message)
+        for name, messages in by_identity.items():
+            identity = self.app.settings.identity(name)
+            if self.open_mailbox is None or not identity.imap_host:
+                continue
+            items = [(m, outbox.raw(self.app.store, m)) for m in messages]
+            opener = self.open_mailbox
+
+            def file(
+                items: list[tuple[outbox.OutboxMessage, bytes]] = items,
+                opener: MailboxOpener = opener,
+                identity: Identity = identity,
+            ) -> list[str]:
+                results = []
+                with opener(identity) as box:
+                    for message, data in items:
+                        if message.id not in fresh:
+                            found = box.find_message_id(message.message_id)
+                            folders = [f for f in found if f.upper() != "INBOX"]
+                            if folders:
+                                results.append(folders[0])
+                                continue
+                        box.append_sent(data, message.sent_at or now)
+                        results.append("appended")
+                return results
+
+            try:
+                results = await asyncio.to_thread(file)
+            except MailerError as exc:
+                for message in messages:
+                    outbox.record(
+                        self.app.store,
+                        message,
+                        now,
+                        "sent_copy_failed",
+                        {"error": str(exc)},
+                        copy_attempts=message.copy_attempts + 1,
+                    )
+                continue
+            for message, where in zip(messages, results, strict=True):
+                outbox.record(
+                    self.app.store,
+                    message,
+                    now,
+                    "sent_copy_filed",
+                    {"result": where},
+                    copied_at=now,
+                )
+                report.copied += 1
 
     async def tick(self, now: datetime, stop: Callable[[], bool] = lambda: False) -> TickReport:
         """One bounded pass; safe to interrupt between any two steps."""
         report = TickReport()
         await self.reconcile(now, report)
         self.plan_due(now, report)
-        await self.send_due(now, report, stop)
+        fresh = await self.send_due(now, report, stop)
         if not stop():
-            await self.file_copies(now, report)
+            await self.file_copies(now, report, fresh)
         return report
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import imapclient
 from imapclient.exceptions import LoginError
+from imapclient.imapclient import SENT
 
 from mailer.domain.models import Identity, SmtpSecurity
 from mailer.errors import PermanentError, TemporaryError
@@ -111,7 +112,12 @@ class ImapMailbox:
     def connect(self) -> None:
         if self._client is not None:
             return
-        context = _ssl_context(self.verify_tls, self.ca_file)
+        context = None
+        if self.security is not SmtpSecurity.PLAIN:
+            try:
+                context = _ssl_context(self.verify_tls, self.ca_file)
+            except (OSError, ssl.SSLError) as exc:  # a missing or bad ca_file: configuration
+                raise PermanentError(f"{self!r}: cannot load ca_file: {exc}") from exc
         client: Any = None
         try:
             with _mapped("connect"):
@@ -168,12 +174,12 @@ class ImapMailbox:
             return self._sent_folder
         with _mapped("LIST"):
             folders = self._imap.list_folders()
-        names = [name for _flags, _delim, name in folders]
+        # The same test as imapclient's find_special_folder(SENT), on a single LIST.
         for flags, _delim, name in folders:
-            if imapclient.SENT in flags:
+            if any(bytes(flag).lower() == SENT.lower() for flag in flags):
                 self._sent_folder = str(name)
                 return self._sent_folder
-        by_lower = {str(name).lower(): str(name) for name in names}
+        by_lower = {str(name).lower(): str(name) for _flags, _delim, name in folders}
         for candidate in SENT_NAMES:
             if candidate.lower() in by_lower:
                 self._sent_folder = by_lower[candidate.lower()]

@@ -194,7 +194,7 @@ def due(store: Store, now: datetime, limit: int = 500) -> list[OutboxMessage]:
     """Queued messages, and deferred ones whose retry time has come."""
     return select(
         store,
-        "(state = 'queued' OR (state = 'deferred' AND next_attempt_at <= ?))",
+        "state IN ('queued', 'deferred') AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
         (iso(now),),
         limit,
     )

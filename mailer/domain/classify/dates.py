@@ -108,7 +108,7 @@ _RELATIVE: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (
         re.compile(
-            r"\b(?:tomorrow|(?<!por la )(?<!de la )(?<!esta )ma[nñ]ana(?! por la)|amanh[aã]|demain|morgen)\b"
+            r"\b(?:tomorrow|(?<!por la )(?<!de la )(?<!esta )ma[nñ]ana|amanh[aã]|demain|morgen)\b"
         ),
         "plus1",
     ),
@@ -206,19 +206,17 @@ def find_dates(text: str, ref: date) -> list[DateMention]:
                 day, month = month, day  # a US-style 03/15
             if not (1 <= month <= 12 and 1 <= day <= 31):
                 continue
-            if (
-                kind == "numeric"
-                and m.group("year") is None
-                and "." in m.group(0)
-                and not m.group(0).endswith(".")
-            ):
-                # "1.5" or "2.50" is more likely an amount than the 1st of May
-                if len(m.group(0).split(".")[1]) != 2:
+            if kind == "numeric" and m.group("year") is None and "." in m.group(0):
+                # "2.10" or "1.5" is more likely a number than a date; "15.03." and "15.03" are dates
+                parts = m.group(0).rstrip(".").split(".")
+                if not m.group(0).endswith(".") and not all(len(x) == 2 for x in parts):
                     continue
             add(m.start(), m.end(), _on_or_after(ref, month, day, _year(m.group("year"))))
     for m in _WEEKDAY_PAT.finditer(low):
         if not free(m.start("weekday"), m.end("weekday")):
             continue
+        if any(0 <= d.start - m.end("weekday") <= 5 for d in found):
+            continue  # "Monday 16 March": the weekday only names the date that follows
         target = _WEEKDAYS[m.group("weekday")]
         # "the next Friday" after the reference day; today's weekday means a week ahead
         ahead = (target - ref.weekday()) % 7 or 7

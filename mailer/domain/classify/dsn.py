@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailer.domain.classify import mime
+from mailer.domain.classify.diagnosis import decide_reason
 from mailer.domain.classify.model import FailedRecipient, Reason
 from mailer.domain.classify.reasons import (
-    decide_reason,
     reply_code_in_text,
     status_in_text,
 )
@@ -221,12 +221,9 @@ def failed_recipients(
         addr = clean_address(fallback_to)
         if addr and addr not in exclude:
             found = [_Found(address=addr, diagnostic="")]
-    single = len(found) == 1
-    out: list[FailedRecipient] = []
-    for f in found:
-        prose_near = report.prose if single else ""
-        out.append(_judge(f, prose_near if not f.diagnostic else prose_near))
-    return out
+    # With one recipient the whole prose speaks about it; with several it could be any of them.
+    context = report.prose if len(found) == 1 else ""
+    return [_judge(f, context) for f in found]
 
 
 def _judge(f: _Found, prose: str) -> FailedRecipient:
@@ -247,10 +244,7 @@ def _judge(f: _Found, prose: str) -> FailedRecipient:
         code = reply_code_in_text(diagnostic)
         if code:
             status = f"{code[0]}.0.0"
-    if status:
-        permanent = status[0] == "5"
-    else:
-        permanent = not delayed
+    permanent = status[0] == "5" if status else not delayed
     if not status:
         status = "5.0.0" if permanent else "4.0.0"
     return FailedRecipient(

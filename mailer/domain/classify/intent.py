@@ -45,7 +45,7 @@ _PAID = re.compile(
 )
 _HARDSHIP = re.compile(
     r"\b(?:"
-    r"(?:pagar|pago|pagos|abonar) (?:a|en) plazos|plazos|fraccionar|aplazar|aplazamiento|(?:mas|un poco de|algo de) (?:tiempo|plazo|margen)|prorroga"
+    r"(?:pagar|pago|pagos|abonar) (?:a|en) plazos|plazos|fraccionar|aplazar|aplazamiento|(?:mas|un poco de|algo de|un poco mas de|algo mas de) (?:tiempo|plazo|margen)|prorroga"
     r"|no (?:puedo|podemos|podre|podremos) (?:pagar|abonar|hacer frente|asumir)|(?:dificultades|problemas) (?:economicas|financieros|economicos|de liquidez|de tesoreria)"
     r"|(?:mala|dificil) situacion|sin liquidez|falta de liquidez|(?:en |por )?(?:paro|desempleo)|concurso de acreedores|pagos parciales|pago parcial|poco a poco"
     r"|instal+ments?|payment plan|(?:more|extra|additional) time|extension|(?:can'?t|cannot|can not|unable to|won'?t be able to|not able to) (?:pay|afford)"
@@ -89,15 +89,14 @@ def classify_intent(text: str, ref: date) -> tuple[Intent, date | None]:
     ):
         return Intent.PAID_ALREADY, None
     promise = _PROMISE.search(low)
-    if _HARDSHIP.search(low) or negated:
-        # "can we pay in instalments" or "I can't pay now" is hardship even when a date follows.
-        if (
-            not promise
-            or negated
-            or _HARDSHIP.search(low[: promise.start()])
-            or re.search(r"plazos|instal+ment|payment plan", low)
-        ):
-            return Intent.HARDSHIP, None
+    # "can we pay in instalments" or "I can't pay now" is hardship even when a date follows.
+    if (_HARDSHIP.search(low) or negated) and (
+        not promise
+        or negated
+        or _HARDSHIP.search(low[: promise.start()])
+        or re.search(r"plazos|instal+ment|payment plan", low)
+    ):
+        return Intent.HARDSHIP, None
     if promise:
         return Intent.PROMISE_TO_PAY, _promised_date(text, low, promise.start(), ref)
     return Intent.OTHER, None

@@ -32,7 +32,7 @@ def header(msg: Message, name: str) -> str:
         return ""
     try:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
-    except Exception:  # noqa: BLE001 - any malformed encoded-word: fall back to the raw text
+    except Exception:
         text = str(value)
     return re.sub(r"\s+", " ", text).strip()
 
@@ -40,7 +40,7 @@ def header(msg: Message, name: str) -> str:
 def first_address(value: str) -> str | None:
     try:
         _name, addr = email.utils.parseaddr(value)
-    except Exception:  # noqa: BLE001 - parseaddr has raised on pathological input in the past
+    except Exception:
         addr = ""
     if addr and "@" in addr:
         return addr.strip().lower()
@@ -55,7 +55,7 @@ def message_ids(value: str) -> list[str]:
 def content_type(part: Message) -> str:
     try:
         return part.get_content_type().lower()
-    except Exception:  # noqa: BLE001 - a malformed Content-Type is read as plain text
+    except Exception:
         return "text/plain"
 
 
@@ -63,7 +63,7 @@ def decode_payload(part: Message) -> str:
     """The part's body as text, whatever its transfer encoding and (possibly wrong) charset."""
     try:
         payload = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001 - broken base64 / quoted-printable
+    except Exception:
         payload = None
     if not isinstance(payload, bytes):
         raw = part.get_payload()
@@ -71,7 +71,7 @@ def decode_payload(part: Message) -> str:
     charset = "utf-8"
     try:
         charset = part.get_content_charset() or "utf-8"
-    except Exception:  # noqa: BLE001 - a charset parameter that is not text
+    except Exception:
         charset = "utf-8"
     for candidate in (charset, "utf-8"):
         try:
@@ -84,7 +84,7 @@ def decode_payload(part: Message) -> str:
 def walk(msg: Message) -> Iterator[Message]:
     try:
         yield from msg.walk()
-    except Exception:  # noqa: BLE001 - a pathological MIME tree: keep what was walked
+    except Exception:
         return
 
 

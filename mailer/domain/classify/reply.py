@@ -60,8 +60,10 @@ def _opens_history(lines: list[str], i: int) -> bool:
         if len(candidate) < 400 and (_WROTE_LINE.match(candidate) or _AUTHOR_LINE.match(candidate)):
             # A sentence that merely contains "wrote" is not a header: headers end the paragraph
             # or are followed by quoted lines.
-            nxt = lines[i + 2] if candidate is joined and i + 2 < len(lines) else (
-                lines[i + 1] if i + 1 < len(lines) else ""
+            nxt = (
+                lines[i + 2]
+                if candidate is joined and i + 2 < len(lines)
+                else (lines[i + 1] if i + 1 < len(lines) else "")
             )
             if candidate.rstrip().endswith(":") or not nxt.strip() or _is_quote(nxt):
                 return True

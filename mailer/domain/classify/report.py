@@ -140,7 +140,7 @@ def _split_prose(text: str) -> tuple[str, Message | None]:
     if start:
         try:
             original = email.message_from_string(rest[start.start() :], policy=compat32)
-        except Exception:  # noqa: BLE001 - a mangled copy of the original is simply not used
+        except Exception:
             original = None
     return text[:cut], original
 
@@ -218,7 +218,7 @@ def _repair(text: str) -> Message | None:
     head = f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n'
     try:
         repaired = email.message_from_string(head + text, policy=compat32)
-    except Exception:  # noqa: BLE001 - leave the body as prose
+    except Exception:
         return None
     payload = repaired.get_payload()
     return repaired if isinstance(payload, list) and payload else None
@@ -229,7 +229,7 @@ def read_report(msg: Message) -> Report:
     try:
         if mime.content_type(msg) == "multipart/report":
             collector.report_type = str(msg.get_param("report-type") or "").lower()
-    except Exception:  # noqa: BLE001 - a broken parameter list
+    except Exception:
         collector.report_type = ""
     collector.visit(msg)
     html_only = not collector.prose and bool(collector.html)
@@ -254,7 +254,7 @@ def _raw_text(part: Message) -> str:
         for sub in payload:
             try:
                 chunks.append(sub.as_string() if isinstance(sub, Message) else str(sub))
-            except Exception:  # noqa: BLE001 - as_string can fail on undecodable headers
+            except Exception:
                 chunks.append(
                     "\n".join(f"{k}: {v}" for k, v in sub.items())
                     if isinstance(sub, Message)
@@ -273,5 +273,5 @@ def _as_message(part: Message) -> Message | None:
         return None
     try:
         return email.message_from_string(text.lstrip(), policy=compat32)
-    except Exception:  # noqa: BLE001 - an unreadable original is simply not used
+    except Exception:
         return None

@@ -1,0 +1,321 @@
+"""Scale benchmark: import a 100k-debtor / 300k-invoice ledger, plan every case, peak RSS per phase."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere: `python bench/scale.py`
+    sys.path.insert(0, str(ROOT))
+
+from mailer.domain.calendar import HolidayCalendar  # noqa: E402
+from mailer.domain.campaign import load_campaigns  # noqa: E402
+from mailer.domain.models import (  # noqa: E402
+    DEFAULT_PROFILES,
+    Campaign,
+    Case,
+    DebtorKind,
+    HistoryEntry,
+)
+from mailer.domain.planner import plan  # noqa: E402
+from mailer.domain.policy import effective_policy  # noqa: E402
+from mailer.ledger import parse_invoices  # noqa: E402
+from mailer.sample import INVOICE_COLUMNS, generate  # noqa: E402
+from mailer.store.db import Store  # noqa: E402
+from mailer.store.ledger import import_invoices, load_cases, load_history  # noqa: E402
+
+START = date(2026, 1, 5)
+IMPORT_AT = datetime(2026, 3, 2, 7, tzinfo=UTC)
+PLAN_AT = datetime(2026, 3, 20, 12, tzinfo=UTC)
+CHUNK = 2000  # cases planned per batch: the pass streams, it never holds every case at once
+
+TARGET_IMPORT_S = 20.0
+TARGET_PLAN_S_PER_100K = 1.0
+TARGET_RSS_MB = 150.0
+
+
+# --- the ledger ----------------------------------------------------------------------------
+
+
+def ledger_rows(debtors: int, per_debtor: int, seed: int = 2026) -> Iterator[dict[str, str]]:
+    """Exactly ``per_debtor`` invoices for each of ``debtors`` debtors, as sample.py shapes them.
+
+    The debtors (names, addresses, kinds, places) are sample.generate's, one invoice each; their
+    invoices are then spread over 75 days with amounts incl. 21 % VAT and 30-day terms.
+    """
+    firsts, _ = generate(debtors, 1, start=START, seed=seed, paid_share=0.0)
+    rng = random.Random(seed + 1)
+    number = 0
+    for first in firsts:
+        for _ in range(per_debtor):
+            number += 1
+            issued = START + timedelta(days=rng.randint(0, 75))
+            net = Decimal(rng.randrange(8000, 480000)) / 100
+            yield {
+                **first,
+                "invoice_number": f"F{issued.year}-{number:07d}",
+                "amount": str((net * Decimal("1.21")).quantize(Decimal("0.01"))),
+                "issue_date": issued.isoformat(),
+                "due_date": (issued + timedelta(days=30)).isoformat(),
+            }
+
+
+def write_ledger(path: Path, debtors: int, per_debtor: int) -> int:
+    """Write the invoices CSV row by row (the generator is not what we measure); returns rows."""
+    count = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=INVOICE_COLUMNS)
+        writer.writeheader()
+        for row in ledger_rows(debtors, per_debtor):
+            writer.writerow(row)
+            count += 1
+    return count
+
+
+# --- phases, each run in its own process so each has its own peak RSS ----------------------
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_import(csv_path: Path, db_path: Path) -> dict[str, Any]:
+    """parse_invoices + import_invoices into a file-backed WAL database, as `mailer import` does."""
+    store = Store.open(db_path)
+    began = time.perf_counter()
+    rows = parse_invoices(csv_path)
+    parsed = time.perf_counter()
+    report = import_invoices(store, rows, IMPORT_AT, csv_path.name, DEFAULT_PROFILES)
+    done = time.perf_counter()
+    del rows
+    counts = {
+        table: store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("debtors", "invoices", "contacts", "cases", "events")
+    }
+    chain_ok = store.verify_chain() is None
+    store.close()
+    return {
+        "parse_s": parsed - began,
+        "store_s": done - parsed,
+        "total_s": done - began,
+        "added": report.added,
+        "cases_opened": report.cases_opened,
+        "counts": counts,
+        "chain_ok": chain_ok,
+    }
+
+
+def run_import_floor(csv_path: Path, db_path: Path) -> dict[str, Any]:
+    """The floor: csv.reader + one executemany of the same rows into an equivalent table."""
+    conn = sqlite3.connect(str(db_path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    columns = ", ".join(f"{c} TEXT" for c in INVOICE_COLUMNS[1:])
+    conn.execute(f"CREATE TABLE invoices (invoice_number TEXT PRIMARY KEY, {columns})")
+    began = time.perf_counter()
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        conn.execute("BEGIN IMMEDIATE")
+        marks = ", ".join("?" * len(INVOICE_COLUMNS))
+        conn.executemany(f"INSERT INTO invoices VALUES ({marks})", reader)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - began
+    rows = conn.execute("SELECT count(*) FROM invoices").fetchone()[0]
+    conn.close()
+    return {"total_s": elapsed, "rows": rows}
+
+
+def campaigns_by_kind() -> dict[DebtorKind, Campaign]:
+    """App.campaign_for, computed once per debtor kind instead of once per case."""
+    campaigns = load_campaigns(ROOT / "campaigns")
+    result = {}
+    for kind, profile in DEFAULT_PROFILES.items():
+        campaign = campaigns[profile.campaign]
+        result[kind] = replace(campaign, policy=effective_policy(campaign.policy, profile))
+    return result
+
+
+def run_plan(db_path: Path, now: datetime = PLAN_AT) -> dict[str, Any]:
+    """One full planning pass: stream every open case and its history, plan each one."""
+    store = Store.open(db_path)
+    campaigns = campaigns_by_kind()
+    calendars: dict[tuple[str, str | None], HolidayCalendar] = {}
+    actions: Counter[str] = Counter()
+    planned = 0
+    pure = 0.0
+    clock = time.perf_counter
+
+    def plan_batch(batch: list[Case]) -> None:
+        nonlocal planned, pure
+        history = load_history(store, [c.id for c in batch])
+        for case in batch:
+            debtor = case.debtor
+            key = (debtor.country, debtor.region)
+            calendar = calendars.get(key)
+            if calendar is None:
+                calendar = calendars[key] = HolidayCalendar(*key)
+            entries: list[HistoryEntry] = history.get(case.id, [])
+            t = clock()
+            action = plan(case, campaigns[debtor.kind], entries, calendar, now)
+            pure += clock() - t
+            actions[type(action).__name__] += 1
+            planned += 1
+
+    began = clock()
+    batch: list[Case] = []
+    for case in load_cases(store, chunk=CHUNK):
+        batch.append(case)
+        if len(batch) == CHUNK:
+            plan_batch(batch)
+            batch = []
+    if batch:
+        plan_batch(batch)
+    total = clock() - began
+    store.close()
+    return {
+        "total_s": total,
+        "pure_s": pure,
+        "load_s": total - pure,
+        "planned": planned,
+        "actions": dict(actions),
+    }
+
+
+def run_load_floor(db_path: Path) -> dict[str, Any]:
+    """The floor for loading: the same rows fetched as plain tuples, no objects built."""
+    conn = sqlite3.connect(str(db_path))
+    began = time.perf_counter()
+    rows = 0
+    for sql in (
+        "SELECT c.id, c.status, c.paused_until, d.id, d.name, d.kind, d.lang, d.country,"
+        " d.region, d.timezone FROM cases c JOIN debtors d ON d.id = c.debtor_id"
+        " WHERE c.closed_at IS NULL ORDER BY c.id",
+        "SELECT t.debtor_id, t.address, t.status FROM contacts t JOIN cases c"
+        " ON c.debtor_id = t.debtor_id WHERE c.closed_at IS NULL AND t.position >= 0",
+        "SELECT i.number, i.debtor_id, i.currency, i.amount, i.issue_date, i.due_date,"
+        " i.pdf_path, i.payment_link FROM invoices i JOIN cases c ON c.debtor_id = i.debtor_id"
+        " WHERE c.closed_at IS NULL",
+        "SELECT invoice_number, paid_on, amount FROM payments",
+        "SELECT case_id, step, coalesce(sent_at, scheduled_at), state FROM messages",
+    ):
+        for _ in conn.execute(sql):
+            rows += 1
+    elapsed = time.perf_counter() - began
+    conn.close()
+    return {"total_s": elapsed, "rows": rows}
+
+
+PHASES = {
+    "import": lambda a: run_import(a.csv, a.db),
+    "import-floor": lambda a: run_import_floor(a.csv, a.db),
+    "plan": lambda a: run_plan(a.db),
+    "load-floor": lambda a: run_load_floor(a.db),
+}
+
+
+def phase_main(args: argparse.Namespace) -> None:
+    baseline = peak_rss_mb()  # the interpreter and mailer's imports, before any work
+    result = PHASES[args.phase](args)
+    result["rss_mb"] = peak_rss_mb()
+    result["baseline_rss_mb"] = baseline
+    print(json.dumps(result))
+
+
+def run_phase(phase: str, **paths: Path) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--phase", phase]
+    for name, path in paths.items():
+        command += [f"--{name}", str(path)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--debtors", type=int, default=100_000)
+    parser.add_argument("--invoices", type=int, default=3, help="invoices per debtor, exactly")
+    parser.add_argument("--db", type=Path, help="database file (default: in the temp dir)")
+    parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    parser.add_argument("--csv", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        phase_main(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
+        work = Path(tmp)
+        csv_path = work / "invoices.csv"
+        db_path = args.db or work / "mailer.db"
+        if db_path.exists():
+            sys.exit(f"{db_path} exists: the benchmark imports into a fresh database")
+        began = time.perf_counter()
+        count = write_ledger(csv_path, args.debtors, args.invoices)
+        size_mb = csv_path.stat().st_size / 1e6
+        print(
+            f"ledger: {args.debtors:,} debtors, {count:,} invoices, {size_mb:.1f} MB CSV"
+            f" (generated in {time.perf_counter() - began:.1f} s)"
+        )
+        imp = run_phase("import", csv=csv_path, db=db_path)
+        floor_imp = run_phase("import-floor", csv=csv_path, db=work / "floor.db")
+        planned = run_phase("plan", db=db_path)
+        floor_load = run_phase("load-floor", db=db_path)
+
+    counts = imp["counts"]
+    print(
+        f"import: {imp['added']:,} invoices, {counts['debtors']:,} debtors,"
+        f" {counts['contacts']:,} contacts, {counts['cases']:,} cases, {counts['events']:,} events;"
+        f" chain verifies: {imp['chain_ok']}"
+    )
+    print(f"plan:   {planned['planned']:,} cases planned: {planned['actions']}")
+    per_100k = 100_000 / max(planned["planned"], 1)
+    plan_target = TARGET_PLAN_S_PER_100K / per_100k
+    rows = [
+        ("import (parse + store)", imp["total_s"], "s", TARGET_IMPORT_S, floor_imp["total_s"]),
+        ("  parse_invoices", imp["parse_s"], "s", None, None),
+        ("  import_invoices", imp["store_s"], "s", None, None),
+        ("plan pass, load + plan", planned["total_s"], "s", plan_target, None),
+        ("  load cases + history", planned["load_s"], "s", plan_target, floor_load["total_s"]),
+        ("  pure planner", planned["pure_s"], "s", plan_target, None),
+        ("peak RSS, import", imp["rss_mb"], "MB", TARGET_RSS_MB, floor_imp["rss_mb"]),
+        ("peak RSS, plan pass", planned["rss_mb"], "MB", TARGET_RSS_MB, floor_load["rss_mb"]),
+    ]
+    print()
+    print(f"{'measure':<26}{'value':>10}  {'target':>9}  {'/target':>8}  {'floor':>9}  {'/floor':>7}")
+    for name, value, unit, target, floor in rows:
+        line = f"{name:<26}{value:>8.2f} {unit:<2}"
+        line += f"  {target:>6.2f} {unit:<2}  {value / target:>7.2f}x" if target else " " * 22
+        line += f"  {floor:>6.2f} {unit:<2}  {value / floor:>6.1f}x" if floor else ""
+        print(line.rstrip())
+    print()
+    print(
+        "floors, measured in this run: import = csv.reader + one executemany of the same rows"
+        " into one equivalent table (WAL, synchronous=FULL); load = the same rows fetched as"
+        " tuples; RSS = the floor processes' own peaks. Interpreter + imports alone:"
+        f" {imp['baseline_rss_mb']:.0f} MB (import), {planned['baseline_rss_mb']:.0f} MB (plan)."
+    )
+    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()

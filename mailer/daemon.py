@@ -1,0 +1,132 @@
+"""The supervisor: builds the edges, runs bounded ticks on a clock, stops cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from mailer.app import App
+from mailer.config import Settings, read_secret
+from mailer.domain.models import Identity
+from mailer.flows.outbound import MailboxPort, Outbound, TickReport
+from mailer.mailbox.imap import ImapMailbox
+from mailer.transports.smtp import SmtpTransport
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """The only place mailer reads the time of day."""
+    return datetime.now(UTC)
+
+
+def build_transports(settings: Settings) -> dict[str, SmtpTransport]:
+    """One SMTP transport per identity; passwords read now, kept in memory only."""
+    return {
+        ident.name: SmtpTransport(ident, read_secret(ident) if ident.smtp_user else None)
+        for ident in settings.identities
+    }
+
+
+@contextlib.contextmanager
+def open_mailbox(identity: Identity) -> Iterator[MailboxPort]:
+    """A logged-in IMAP session for one operation (closed after, even on error)."""
+    box = ImapMailbox.for_identity(identity, read_secret(identity))
+    with box:
+        yield box
+
+
+@dataclass
+class Daemon:
+    """Mailman-style runner: one tick → check stop → snooze, until a signal says stop."""
+
+    app: App
+    outbound: Outbound
+    interval: float
+    clock: Clock = system_clock
+    shutdown_timeout: float = 20.0
+    stopping: bool = False
+    ticks: int = 0
+    last_report: TickReport = field(default_factory=TickReport)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_stop(self) -> None:
+        if self.stopping:
+            # Second signal: the person means it. Nothing is lost: what was mid-send is
+            # reconciled from the mailbox at the next start.
+            log.warning("second signal: exiting now")
+            os._exit(130)
+        log.info("stop requested: finishing the message in hand")
+        self.stopping = True
+        self._wake.set()
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def tick(self) -> TickReport:
+        now = self.clock()
+        report = await self.outbound.tick(now, stop=lambda: self.stopping)
+        self.ticks += 1
+        self.last_report = report
+        if report.planned or report.sent or report.deferred or report.failed or report.errors:
+            log.info(
+                "tick: planned %d, sent %d, deferred %d, failed %d, reconciled %d, copies %d%s",
+                report.planned, report.sent, report.deferred, report.failed,
+                report.reconciled, report.copied,
+                f", errors: {'; '.join(report.errors)}" if report.errors else "",
+            )  # fmt: skip
+        return report
+
+    async def run(self) -> None:
+        """Loop until stopped; the tick in progress gets ``shutdown_timeout`` to finish."""
+        while not self.stopping:
+            task = asyncio.ensure_future(self.tick())
+            stop_wait = asyncio.ensure_future(self._wake.wait())
+            done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if task not in done:
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout)
+                except TimeoutError:
+                    log.warning("shutdown timeout: cancelling the tick in progress")
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            else:
+                failure = task.exception()
+                if failure is not None:
+                    # A tick never raises by design; if one does, log it and keep running.
+                    log.error("tick failed: %r", failure)
+            stop_wait.cancel()
+            if self.stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+        await self.close()
+
+    async def close(self) -> None:
+        for transport in self.outbound.transports.values():
+            with contextlib.suppress(Exception):
+                await transport.close()
+        self.app.store.close()
+        log.info("stopped after %d ticks", self.ticks)
+
+
+def make_daemon(settings: Settings, clock: Clock = system_clock) -> Daemon:
+    app = App.open(settings)
+    outbound = Outbound(app, build_transports(settings), open_mailbox)
+    return Daemon(
+        app,
+        outbound,
+        interval=settings.interval_seconds,
+        clock=clock,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+    )
