@@ -106,8 +106,7 @@ class Daemon:
                     # A tick never raises by design; if one does, log it and keep running.
                     log.error("tick failed: %r", failure)
             stop_wait.cancel()
-            if self.stopping:
-                break
+            # Snooze; a stop request sets the event, so this returns at once when stopping.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
         await self.close()

@@ -45,7 +45,8 @@ class DemoResult:
     chain_ok: bool
 
 
-def _config(workdir: Path, servers: LocalMailServers) -> Path:
+def write_config(workdir: Path, servers: LocalMailServers, *, grace_seconds: int = 60) -> Path:
+    """A mailer.toml for the embedded servers (also used by the tests)."""
     identities = "".join(
         f"""
 [identities.{name}]
@@ -84,7 +85,7 @@ templates = "{REPO / "templates"}"
 
 [daemon]
 interval_seconds = 1
-reconcile_grace_seconds = 60
+reconcile_grace_seconds = {grace_seconds}
 {identities}"""
     path = workdir / "mailer.toml"
     path.write_text(text, encoding="utf-8")
@@ -135,7 +136,7 @@ def run_demo(
             f"[bold]mailer demo[/] — SMTP on {servers.smtp_host}:{servers.smtp_port}, "
             f"IMAP on {servers.imap_host}:{servers.imap_port} (loopback only)"
         )
-        settings = load_settings(_config(workdir, servers))
+        settings = load_settings(write_config(workdir, servers))
         app = App.open(settings)
         rows = parse_invoices(SAMPLE_DIR / "invoices.csv")
         report = import_invoices(app.store, rows, START, "sample invoices.csv", settings.profiles)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import itertools
+import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, TextIO
 
 from mailer.config import is_address
 from mailer.domain.calendar import timezone_for
@@ -153,11 +157,37 @@ def _amount(value: str, line: int, problems: _Problems) -> Decimal | None:
     return amount
 
 
-def _one_line(value: str, column: str, line: int, problems: _Problems) -> bool:
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        problems.add(line, f"{column} contains a line break or control character")
-        return False
-    return True
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(values: dict[str, str], line: int, problems: _Problems) -> bool:
+    """No line breaks or control characters: a value may end up in an email header."""
+    if _CONTROL.search("".join(values.values())) is None:  # one scan for the usual clean row
+        return True
+    for column, value in values.items():
+        if _CONTROL.search(value):
+            problems.add(line, f"{column} contains a line break or control character")
+    return False
+
+
+class _Places:
+    """timezone_for per distinct (country, region): a ledger has a handful, and many rows."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str | None], str | ValueError] = {}
+
+    def timezone(self, country: str, region: str | None) -> str:
+        key = (country, region)
+        found = self._known.get(key)
+        if found is None:
+            try:
+                found = timezone_for(country, region)
+            except ValueError as exc:
+                found = exc
+            self._known[key] = found
+        if isinstance(found, ValueError):
+            raise found
+        return found
 
 
 def parse_invoices(path: Path) -> list[InvoiceRow]:
@@ -166,8 +196,17 @@ def parse_invoices(path: Path) -> list[InvoiceRow]:
     result: list[InvoiceRow] = []
     first_line: dict[str, int] = {}
     debtor_seen: dict[str, tuple[int, Debtor]] = {}
+    places = _Places()
+    # Equal values share one object (dates, currencies, names, the Debtor itself): 300k rows
+    # of a few hundred debtors' worth of distinct values then fit in a fraction of the memory.
+    shared: dict[object, Any] = {}
+    share = shared.setdefault
+    # A ledger lists a debtor's invoices together: the same debtor columns as the row before
+    # are the same, already validated, Debtor.
+    last_raw: tuple[str, ...] = ()
+    last_debtor: Debtor | None = None
     for line, v in _rows(path, INVOICE_REQUIRED, INVOICE_OPTIONAL, problems):
-        ok = all(_one_line(v[c], c, line, problems) for c in v)
+        ok = _one_line(v, line, problems)
         for column in INVOICE_REQUIRED:
             if not v[column]:
                 problems.add(line, f"{column} is empty")
@@ -179,29 +218,11 @@ def parse_invoices(path: Path) -> list[InvoiceRow]:
             problems.add(line, f"invoice {number} already on line {first_line[number]}")
             continue
         first_line[number] = line
-        addresses = [a.strip() for a in v["debtor_emails"].split(";") if a.strip()]
-        bad = [a for a in addresses if not is_address(a)]
-        if bad or not addresses:
-            problems.add(line, f"debtor_emails: not an email address: {', '.join(bad) or '(none)'}")
-            ok = False
-        lang = v["debtor_lang"].lower()
-        if lang not in LANGS:
-            problems.add(
-                line, f"debtor_lang {v['debtor_lang']!r} must be one of {', '.join(LANGS)}"
-            )
-            ok = False
-        try:
-            kind = DebtorKind(v["debtor_kind"].lower())
-        except ValueError:
-            problems.add(line, f"debtor_kind {v['debtor_kind']!r} must be business or consumer")
-            ok = False
-        country = v["country"].upper()
-        region = v.get("region", "").upper() or None
-        try:
-            tz = timezone_for(country, region)
-        except ValueError as exc:
-            problems.add(line, f"country/region: {exc}")
-            ok = False
+        raw = (
+            v["debtor_id"], v["debtor_name"], v["debtor_emails"], v["debtor_lang"],
+            v["debtor_kind"], v["country"], v.get("region", ""),
+        )  # fmt: skip
+        debtor = last_debtor if raw == last_raw else _debtor(v, line, problems, places, share)
         currency = v["currency"].upper()
         if len(currency) != 3 or not currency.isalpha():
             problems.add(line, f"currency {v['currency']!r} is not an ISO 4217 code")
@@ -212,33 +233,76 @@ def parse_invoices(path: Path) -> list[InvoiceRow]:
         if issued and due and due < issued:
             problems.add(line, "due_date is before issue_date")
             ok = False
-        if not ok or amount is None or issued is None or due is None:
+        if not ok or debtor is None or amount is None or issued is None or due is None:
+            last_raw, last_debtor = (), None
             continue
-        # Keep the address order: the first one is the main contact.
-        contacts = tuple(Contact(a) for a in dict.fromkeys(a.lower() for a in addresses))
-        debtor = Debtor(
-            id=v["debtor_id"], name=v["debtor_name"], kind=kind, lang=lang, country=country,
-            region=region, timezone=tz, contacts=contacts,
-        )  # fmt: skip
+        last_raw, last_debtor = raw, debtor
         seen = debtor_seen.get(debtor.id)
-        if seen and seen[1] != debtor:
-            problems.add(
-                line,
-                f"debtor {debtor.id} differs from line {seen[0]}"
-                " (name, emails, language, kind or country)",
-            )
-            continue
-        debtor_seen.setdefault(debtor.id, (line, debtor))
+        if seen is None:
+            debtor_seen[debtor.id] = (line, debtor)
+        elif seen[1] is not debtor:
+            if seen[1] != debtor:
+                problems.add(
+                    line,
+                    f"debtor {debtor.id} differs from line {seen[0]}"
+                    " (name, emails, language, kind or country)",
+                )
+                continue
+            debtor = last_debtor = seen[1]
         invoice = Invoice(
-            number=number, debtor_id=debtor.id, currency=currency, amount=amount, issue_date=issued,
-            due_date=due, pdf_path=v.get("invoice_pdf") or None,
-            payment_link=v.get("payment_link") or None,
+            number=number, debtor_id=debtor.id, currency=share(currency, currency), amount=amount,
+            issue_date=share(issued, issued), due_date=share(due, due),
+            pdf_path=v.get("invoice_pdf") or None, payment_link=v.get("payment_link") or None,
         )  # fmt: skip
         result.append(InvoiceRow(line, debtor, invoice))
     problems.raise_if_any()
     if not result:
         raise ImportRefusedError([f"{path}:1: no invoice rows"])
     return result
+
+
+def _debtor(
+    v: dict[str, str],
+    line: int,
+    problems: _Problems,
+    places: _Places,
+    share: Callable[[Any, Any], Any],
+) -> Debtor | None:
+    """The row's debtor, or None after reporting what is wrong with it."""
+    ok = True
+    addresses = [a.strip() for a in v["debtor_emails"].split(";") if a.strip()]
+    bad = [a for a in addresses if not is_address(a)]
+    if bad or not addresses:
+        problems.add(line, f"debtor_emails: not an email address: {', '.join(bad) or '(none)'}")
+        ok = False
+    lang = v["debtor_lang"].lower()
+    if lang not in LANGS:
+        problems.add(line, f"debtor_lang {v['debtor_lang']!r} must be one of {', '.join(LANGS)}")
+        ok = False
+    kind = _KINDS.get(v["debtor_kind"].lower())
+    if kind is None:
+        problems.add(line, f"debtor_kind {v['debtor_kind']!r} must be business or consumer")
+        ok = False
+    country = v["country"].upper()
+    region = v.get("region", "").upper() or None
+    try:
+        tz = places.timezone(country, region)
+    except ValueError as exc:
+        problems.add(line, f"country/region: {exc}")
+        ok = False
+    if not ok or kind is None:
+        return None
+    # Keep the address order: the first one is the main contact.
+    contacts = tuple(Contact(a) for a in dict.fromkeys(a.lower() for a in addresses))
+    name = v["debtor_name"]
+    return Debtor(
+        id=v["debtor_id"], name=share(name, name), kind=kind, lang=share(lang, lang),
+        country=share(country, country), region=share(region, region), timezone=tz,
+        contacts=contacts,
+    )  # fmt: skip
+
+
+_KINDS = {kind.value: kind for kind in DebtorKind}
 
 
 def parse_payments(path: Path) -> list[PaymentRow]:
@@ -253,7 +317,7 @@ def parse_payments(path: Path) -> list[PaymentRow]:
     ordinal: Counter[tuple[str, str, str]] = Counter()
     references: dict[str, int] = {}
     for line, v in _rows(path, PAYMENT_REQUIRED, PAYMENT_OPTIONAL, problems):
-        if not all(_one_line(v[c], c, line, problems) for c in v):
+        if not _one_line(v, line, problems):
             continue
         if not v["invoice_number"]:
             problems.add(line, "invoice_number is empty")

@@ -160,8 +160,6 @@ class Outbound:
             opt_out=profile_opt_out,
         )
         envelope = [recipient]
-        if identity.receipt_copy and identity.imap_host:
-            envelope.append(identity.address)
         state = MessageState.AWAITING_APPROVAL if action.step.approval else MessageState.QUEUED
         row = outbox.enqueue(
             self.app.store,
@@ -266,7 +264,9 @@ class Outbound:
         data = outbox.raw(store, message)
         context = {"case_id": message.case_id, "message_id": message.message_id}
         try:
-            receipt = await transport.send(identity.address, message.recipients, data)
+            receipt = await transport.send(
+                identity.address, message.recipients, data, copy_to=_copy_address(identity)
+            )
         except AmbiguousDeliveryError as exc:
             # Stays in SENDING: reconciliation decides, from the mailbox, whether it went.
             outbox.record(
@@ -383,7 +383,7 @@ class Outbound:
             if message.updated_at > now - grace:
                 continue  # the receipt copy may still be on its way
             identity = self.app.settings.identity(message.identity)
-            if self.open_mailbox is None or not identity.imap_host or not identity.receipt_copy:
+            if self.open_mailbox is None or _copy_address(identity) is None:
                 outbox.move(
                     self.app.store,
                     message,
@@ -502,6 +502,11 @@ class Outbound:
         if not stop():
             await self.file_copies(now, report, fresh)
         return report
+
+
+def _copy_address(identity: Identity) -> str | None:
+    """Where the receipt copy goes: the identity's own mailbox, if we can read it back."""
+    return identity.address if identity.receipt_copy and identity.imap_host else None
 
 
 def _attachments(case: Case) -> list[Attachment]:

@@ -71,6 +71,38 @@ def _debtor_values(d: Debtor) -> tuple[Any, ...]:
     return (d.name, d.kind.value, d.lang, d.country, d.region, d.timezone)
 
 
+CHUNK = 1000  # rows looked up or written per statement: memory stays flat however big the file
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class _EventBuffer:
+    """Events appended in batches as they are found: the chain is the same, memory is bounded."""
+
+    def __init__(self, store: Store, now: datetime, size: int = 5000) -> None:
+        self.store, self.now, self.size = store, now, size
+        self.items: list[EventItem] = []
+
+    def add(self, item: EventItem) -> None:
+        self.items.append(item)
+        if len(self.items) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.append_events(self.now, self.items)
+        self.items = []
+
+
+def _known(conn: Any, table: str, key: str, fields: tuple[str, ...], ids: Sequence[str]) -> Any:
+    """{id: stored values} for the ids of one chunk."""
+    marks = ", ".join("?" * len(ids))
+    sql = f"SELECT {key}, {', '.join(fields)} FROM {table} WHERE {key} IN ({marks})"
+    return {r[0]: r[1:] for r in conn.execute(sql, tuple(ids))}
+
+
 def import_invoices(
     store: Store,
     rows: Sequence[InvoiceRow],
@@ -81,40 +113,98 @@ def import_invoices(
     """Upsert invoices and debtors by their ids; each addition or change is an event."""
     report = ImportReport(source=source, rows=len(rows))
     stamp = iso(now)
-    events: list[EventItem] = []
     with store.transaction() as conn:
-        known_debtors = {
-            r[0]: tuple(r[1:])
-            for r in conn.execute(f"SELECT id, {', '.join(_DEBTOR_FIELDS)} FROM debtors")
-        }
-        known_invoices = {
-            r[0]: tuple(r[1:])
-            for r in conn.execute(f"SELECT number, {', '.join(_INVOICE_FIELDS)} FROM invoices")
-        }
-        debtors: dict[str, Debtor] = {}
+        # First only count, so the import's own event, which carries the counts, comes first.
+        for part in _chunks(rows):
+            known = _known(
+                conn, "invoices", "number", _INVOICE_FIELDS, [r.invoice.number for r in part]
+            )
+            for row in part:
+                old = known.get(row.invoice.number)
+                if old is None:
+                    report.added += 1
+                elif old != _invoice_values(row.invoice):
+                    report.changed += 1
+                else:
+                    report.unchanged += 1
+        summary = {"file": source, "kind": "invoices", "rows": len(rows), "added": report.added}
+        store.append_events(
+            now, [("ledger_import", {**summary, "changed": report.changed}, None, None, None)]
+        )
+        events = _EventBuffer(store, now)
+        first: dict[str, Debtor] = {}
         for row in rows:
-            debtors.setdefault(row.debtor.id, row.debtor)
+            first.setdefault(row.debtor.id, row.debtor)
+        debtors = list(first.values())
+        del first
+        report.debtors_added, report.debtors_changed = _upsert_debtors(conn, debtors, stamp, events)
+        _sync_contacts(conn, debtors, stamp, events)
+        for part in _chunks(rows):
+            known = _known(
+                conn, "invoices", "number", _INVOICE_FIELDS, [r.invoice.number for r in part]
+            )
+            new_rows, changed_rows = [], []
+            for row in part:
+                inv = row.invoice
+                values = _invoice_values(inv)
+                old = known.get(inv.number)
+                if old is None:
+                    new_rows.append((inv.number, *values, stamp, stamp))
+                    data = {"number": inv.number, **dict(zip(_INVOICE_FIELDS, values, strict=True))}
+                    events.add(("invoice_added", data, None, None, inv.debtor_id))
+                elif old != values:
+                    changed_rows.append((*values, stamp, inv.number))
+                    diff = {
+                        f: [o, n]
+                        for f, o, n in zip(_INVOICE_FIELDS, old, values, strict=True)
+                        if o != n
+                    }
+                    events.add(
+                        (
+                            "invoice_changed",
+                            {"number": inv.number, "changes": diff},
+                            None,
+                            None,
+                            inv.debtor_id,
+                        )
+                    )
+            conn.executemany(
+                f"INSERT INTO invoices (number, {', '.join(_INVOICE_FIELDS)}, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                new_rows,
+            )
+            conn.executemany(
+                f"UPDATE invoices SET {', '.join(f + ' = ?' for f in _INVOICE_FIELDS)}, updated_at = ? WHERE number = ?",
+                changed_rows,
+            )
+        events.flush()
+        report.cases_opened, report.cases_resolved = sync_cases(
+            store, now, profiles, {d.id for d in debtors}
+        )
+    return report
+
+
+def _upsert_debtors(
+    conn: Any, debtors: Sequence[Debtor], stamp: str, events: _EventBuffer
+) -> tuple[int, int]:
+    """Insert new debtors, update changed ones; (added, changed)."""
+    added = changed = 0
+    for part in _chunks(debtors):
+        known = _known(conn, "debtors", "id", _DEBTOR_FIELDS, [d.id for d in part])
         new_debtors, changed_debtors = [], []
-        for debtor in debtors.values():
+        for debtor in part:
             values = _debtor_values(debtor)
-            old = known_debtors.get(debtor.id)
+            old = known.get(debtor.id)
             if old is None:
                 new_debtors.append((debtor.id, *values, stamp, stamp))
-                events.append(
-                    (
-                        "debtor_added",
-                        dict(zip(_DEBTOR_FIELDS, values, strict=True)),
-                        None,
-                        None,
-                        debtor.id,
-                    )
-                )
+                data = dict(zip(_DEBTOR_FIELDS, values, strict=True))
+                events.add(("debtor_added", data, None, None, debtor.id))
             elif old != values:
                 changed_debtors.append((*values, stamp, debtor.id))
                 diff = {
                     f: [o, n] for f, o, n in zip(_DEBTOR_FIELDS, old, values, strict=True) if o != n
                 }
-                events.append(("debtor_changed", diff, None, None, debtor.id))
+                events.add(("debtor_changed", diff, None, None, debtor.id))
         conn.executemany(
             f"INSERT INTO debtors (id, {', '.join(_DEBTOR_FIELDS)}, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -124,112 +214,47 @@ def import_invoices(
             f"UPDATE debtors SET {', '.join(f + ' = ?' for f in _DEBTOR_FIELDS)}, updated_at = ? WHERE id = ?",
             changed_debtors,
         )
-        report.debtors_added, report.debtors_changed = len(new_debtors), len(changed_debtors)
-        _sync_contacts(conn, debtors.values(), stamp, events, bool(known_debtors))
-
-        new_rows, changed_rows = [], []
-        for row in rows:
-            inv = row.invoice
-            values = _invoice_values(inv)
-            old = known_invoices.get(inv.number)
-            if old is None:
-                new_rows.append((inv.number, *values, stamp, stamp))
-                events.append(
-                    (
-                        "invoice_added",
-                        {"number": inv.number, **dict(zip(_INVOICE_FIELDS, values, strict=True))},
-                        None,
-                        None,
-                        inv.debtor_id,
-                    )
-                )
-            elif old != values:
-                changed_rows.append((*values, stamp, inv.number))
-                diff = {
-                    f: [o, n]
-                    for f, o, n in zip(_INVOICE_FIELDS, old, values, strict=True)
-                    if o != n
-                }
-                events.append(
-                    (
-                        "invoice_changed",
-                        {"number": inv.number, "changes": diff},
-                        None,
-                        None,
-                        inv.debtor_id,
-                    )
-                )
-            else:
-                report.unchanged += 1
-        conn.executemany(
-            f"INSERT INTO invoices (number, {', '.join(_INVOICE_FIELDS)}, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            new_rows,
-        )
-        conn.executemany(
-            f"UPDATE invoices SET {', '.join(f + ' = ?' for f in _INVOICE_FIELDS)}, updated_at = ? WHERE number = ?",
-            changed_rows,
-        )
-        report.added, report.changed = len(new_rows), len(changed_rows)
-        store.append_events(
-            now,
-            [
-                (
-                    "ledger_import",
-                    {
-                        "file": source,
-                        "kind": "invoices",
-                        "rows": len(rows),
-                        "added": report.added,
-                        "changed": report.changed,
-                    },
-                    None,
-                    None,
-                    None,
-                ),
-                *events,
-            ],
-        )
-        report.cases_opened, report.cases_resolved = sync_cases(store, now, profiles, set(debtors))
-    return report
+        added, changed = added + len(new_debtors), changed + len(changed_debtors)
+    return added, changed
 
 
-def _sync_contacts(
-    conn: Any, debtors: Iterable[Debtor], stamp: str, events: list[EventItem], any_known: bool
-) -> None:
+def _sync_contacts(conn: Any, debtors: Sequence[Debtor], stamp: str, events: _EventBuffer) -> None:
     """Addresses in the ledger keep their status (an opt-out or a hard bounce is never forgotten).
 
     An address no longer listed keeps its row with position -1, so its history stays readable.
+    A debtor's first addresses are not events of their own: its debtor_added event covers them.
     """
-    existing: dict[str, dict[str, int]] = defaultdict(dict)
-    if any_known:
+    for part in _chunks(debtors):
+        existing: dict[str, dict[str, int]] = defaultdict(dict)
+        marks = ", ".join("?" * len(part))
         for debtor_id, address, position in conn.execute(
-            "SELECT debtor_id, address, position FROM contacts"
+            f"SELECT debtor_id, address, position FROM contacts WHERE debtor_id IN ({marks})",
+            tuple(d.id for d in part),
         ):
             existing[debtor_id][address.lower()] = position
-    inserts, moves = [], []
-    for debtor in debtors:
-        known = existing.get(debtor.id, {})
-        listed = [c.address for c in debtor.contacts]
-        for position, address in enumerate(listed):
-            if address not in known:
-                inserts.append((debtor.id, address, position, stamp))
-                if known:
-                    events.append(("contact_added", {"address": address}, None, None, debtor.id))
-            elif known[address] != position:
-                moves.append((position, stamp, debtor.id, address))
-        for address in known:
-            if address not in listed and known[address] != -1:
-                moves.append((-1, stamp, debtor.id, address))
-                events.append(("contact_removed", {"address": address}, None, None, debtor.id))
-    conn.executemany(
-        "INSERT INTO contacts (debtor_id, address, position, updated_at) VALUES (?, ?, ?, ?)",
-        inserts,
-    )
-    conn.executemany(
-        "UPDATE contacts SET position = ?, updated_at = ? WHERE debtor_id = ? AND address = ?",
-        moves,
-    )
+        inserts, moves = [], []
+        for debtor in part:
+            known = existing.get(debtor.id, {})
+            listed = [c.address for c in debtor.contacts]
+            for position, address in enumerate(listed):
+                if address not in known:
+                    inserts.append((debtor.id, address, position, stamp))
+                    if known:
+                        events.add(("contact_added", {"address": address}, None, None, debtor.id))
+                elif known[address] != position:
+                    moves.append((position, stamp, debtor.id, address))
+            for address in known:
+                if address not in listed and known[address] != -1:
+                    moves.append((-1, stamp, debtor.id, address))
+                    events.add(("contact_removed", {"address": address}, None, None, debtor.id))
+        conn.executemany(
+            "INSERT INTO contacts (debtor_id, address, position, updated_at) VALUES (?, ?, ?, ?)",
+            inserts,
+        )
+        conn.executemany(
+            "UPDATE contacts SET position = ?, updated_at = ? WHERE debtor_id = ? AND address = ?",
+            moves,
+        )
 
 
 def import_payments(
@@ -325,16 +350,19 @@ def import_payments(
     return report
 
 
-def _balances(conn: Any, debtor_ids: set[str] | None) -> dict[str, Decimal]:
-    balance: dict[str, Decimal] = defaultdict(lambda: ZERO)
+def _balances(conn: Any, debtor_ids: Sequence[str]) -> dict[str, Decimal]:
+    """What each of ``debtor_ids`` owes: unpaid invoice amounts, never below zero per invoice."""
+    balance: dict[str, Decimal] = {}
+    marks = ", ".join("?" * len(debtor_ids))
     for debtor_id, amount, paid in conn.execute(
         "SELECT i.debtor_id, i.amount, (SELECT group_concat(p.amount, ' ') FROM payments p"
-        " WHERE p.invoice_number = i.number) FROM invoices i"
+        f" WHERE p.invoice_number = i.number) FROM invoices i WHERE i.debtor_id IN ({marks})",
+        tuple(debtor_ids),
     ):
-        if debtor_ids is not None and debtor_id not in debtor_ids:
-            continue
-        owed = Decimal(amount) - sum((Decimal(x) for x in (paid or "").split()), ZERO)
-        balance[debtor_id] += max(owed, ZERO)
+        owed = Decimal(amount)
+        if paid:
+            owed = max(owed - sum(map(Decimal, paid.split()), ZERO), ZERO)
+        balance[debtor_id] = balance.get(debtor_id, ZERO) + owed
     return balance
 
 
@@ -347,34 +375,52 @@ def sync_cases(
     """Open a case for each debtor who owes money and has none; resolve cases now fully paid."""
     stamp = iso(now)
     opened = resolved = 0
-    events: list[EventItem] = []
     with store.transaction() as conn:
-        balances = _balances(conn, debtor_ids)
-        open_cases = {
-            r[0]: r[1]
-            for r in conn.execute("SELECT debtor_id, id FROM cases WHERE closed_at IS NULL")
-        }
-        kinds = dict(conn.execute("SELECT id, kind FROM debtors"))
-        for debtor_id, balance in balances.items():
-            case_id = open_cases.get(debtor_id)
-            if balance > ZERO and case_id is None:
-                campaign = profiles[DebtorKind(kinds[debtor_id])].campaign
-                cursor = conn.execute(
-                    "INSERT INTO cases (debtor_id, status, campaign, opened_at, next_action_at)"
-                    " VALUES (?, 'active', ?, ?, ?)",
-                    (debtor_id, campaign, stamp, stamp),
+        if debtor_ids is None:
+            ids = [r[0] for r in conn.execute("SELECT DISTINCT debtor_id FROM invoices")]
+        else:
+            ids = sorted(debtor_ids)
+        events = _EventBuffer(store, now)
+        for part in _chunks(ids):
+            balances = _balances(conn, part)
+            marks = ", ".join("?" * len(part))
+            open_cases = dict(
+                conn.execute(
+                    "SELECT debtor_id, id FROM cases WHERE closed_at IS NULL"
+                    f" AND debtor_id IN ({marks})",
+                    tuple(part),
                 )
-                opened += 1
-                events.append(
-                    (
-                        "case_opened",
-                        {"campaign": campaign, "balance": str(balance)},
-                        cursor.lastrowid,
-                        None,
-                        debtor_id,
+            )
+            kinds = dict(
+                conn.execute(f"SELECT id, kind FROM debtors WHERE id IN ({marks})", tuple(part))
+            )
+            to_open: list[tuple[str, str, str, str, Decimal]] = []
+            to_close: list[tuple[int, str]] = []
+            for debtor_id, balance in balances.items():
+                case_id = open_cases.get(debtor_id)
+                if balance > ZERO and case_id is None:
+                    campaign = profiles[DebtorKind(kinds[debtor_id])].campaign
+                    to_open.append((debtor_id, campaign, stamp, stamp, balance))
+                elif balance == ZERO and case_id is not None:
+                    to_close.append((case_id, debtor_id))
+            conn.executemany(
+                "INSERT INTO cases (debtor_id, status, campaign, opened_at, next_action_at)"
+                " VALUES (?, 'active', ?, ?, ?)",
+                [item[:4] for item in to_open],
+            )
+            if to_open:
+                # The one open case per debtor (a unique index) is the one just inserted.
+                new_ids = dict(
+                    conn.execute(
+                        "SELECT debtor_id, id FROM cases WHERE closed_at IS NULL"
+                        f" AND debtor_id IN ({', '.join('?' * len(to_open))})",
+                        tuple(item[0] for item in to_open),
                     )
                 )
-            elif balance == ZERO and case_id is not None:
+                for debtor_id, campaign, _, _, balance in to_open:
+                    data = {"campaign": campaign, "balance": str(balance)}
+                    events.add(("case_opened", data, new_ids[debtor_id], None, debtor_id))
+            for case_id, debtor_id in to_close:
                 conn.execute(
                     "UPDATE cases SET status = 'resolved', status_reason = 'paid in full',"
                     " closed_at = ?, next_action_at = NULL WHERE id = ?",
@@ -386,11 +432,9 @@ def sync_cases(
                     " AND state IN ('awaiting_approval', 'queued', 'deferred')",
                     (stamp, case_id),
                 )
-                resolved += 1
-                events.append(
-                    ("case_resolved", {"reason": "paid in full"}, case_id, None, debtor_id)
-                )
-        store.append_events(now, events)
+                events.add(("case_resolved", {"reason": "paid in full"}, case_id, None, debtor_id))
+            opened, resolved = opened + len(to_open), resolved + len(to_close)
+        events.flush()
     return opened, resolved
 
 

@@ -56,6 +56,8 @@ class DeliveryRefusedError(PermanentError):
 class Transport(Protocol):
     """Send exact bytes to an envelope; raise TemporaryError / PermanentError subclasses only."""
 
-    async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Receipt: ...
+    async def send(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, copy_to: str | None = None
+    ) -> Receipt: ...
 
     async def close(self) -> None: ...

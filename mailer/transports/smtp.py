@@ -92,8 +92,14 @@ class SmtpTransport:
     def server(self) -> str:
         return f"{self.identity.smtp_host}:{self.identity.smtp_port}"
 
-    async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> Receipt:
-        """Deliver ``data`` to the server; connection trouble before DATA is retried (tenacity)."""
+    async def send(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, copy_to: str | None = None
+    ) -> Receipt:
+        """Deliver ``data``; connection trouble before DATA is retried (tenacity).
+
+        ``copy_to`` (our own mailbox, envelope only) is added after the real recipients and
+        only if at least one of them was accepted: a receipt copy never makes a send "succeed".
+        """
         async with self._slots:
             await self._rate.wait()
             async for attempt in AsyncRetrying(
@@ -103,7 +109,7 @@ class SmtpTransport:
                 reraise=True,
             ):
                 with attempt:
-                    return await self._send_once(sender, recipients, data)
+                    return await self._send_once(sender, recipients, data, copy_to)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -126,7 +132,9 @@ class SmtpTransport:
             raise _map(exc, "connect") from exc
         return client
 
-    async def _send_once(self, sender: str, recipients: Sequence[str], data: bytes) -> Receipt:
+    async def _send_once(
+        self, sender: str, recipients: Sequence[str], data: bytes, copy_to: str | None
+    ) -> Receipt:
         client = self._idle.pop() if self._idle else None
         if client is not None and not client.is_connected:
             await _quietly_close(client)
@@ -158,6 +166,12 @@ class SmtpTransport:
                 await client.rset()
                 self._idle.append(client)
                 raise _all_refused(refused)
+            copy_refused: RecipientRefusal | None = None
+            if copy_to:
+                try:
+                    await client.rcpt(copy_to)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    copy_refused = RecipientRefusal(copy_to, exc.code, exc.message)
             stage = "data"
             reply = await client.data(data)
         except MailerError:
@@ -174,6 +188,7 @@ class SmtpTransport:
             refused=tuple(refused),
             queue_id=match.group(1) if match else None,
             server=self.server,
+            extra={"copy_to": copy_to, "copy_refused": copy_refused is not None} if copy_to else {},
         )
 
     async def close(self) -> None:
