@@ -33,6 +33,7 @@ err = Console(stderr=True, highlight=False)
 class Ctx:
     config: str | None
     now: datetime
+    pinned: bool = False  # --now was given
 
     def settings(self) -> Settings:
         return load_settings(find_config(self.config))
@@ -74,7 +75,7 @@ class MailerGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, config: str | None, now: str | None) -> None:
     """mailer: chases unpaid invoices politely, from your own mailboxes."""
-    ctx.obj = Ctx(config=config, now=_now(now))
+    ctx.obj = Ctx(config=config, now=_now(now), pinned=now is not None)
 
 
 @main.command()
@@ -291,11 +292,12 @@ def run(obj: Ctx, log_format: str, once: bool) -> None:
     """The daemon: plan and send due reminders, tick after tick, until SIGTERM."""
     import asyncio
 
-    from mailer.daemon import make_daemon
+    from mailer.daemon import make_daemon, system_clock
     from mailer.logs import setup_logging
 
     setup_logging(log_format)
-    daemon = make_daemon(obj.settings())
+    # --now pins the clock (tests, replays); otherwise the daemon reads the system clock.
+    daemon = make_daemon(obj.settings(), clock=(lambda: obj.now) if obj.pinned else system_clock)
 
     async def main_loop() -> None:
         daemon.install_signals()

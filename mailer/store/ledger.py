@@ -25,7 +25,7 @@ from mailer.domain.models import (
     Payment,
 )
 from mailer.errors import ImportRefusedError
-from mailer.ledger import InvoiceRow, PaymentRow
+from mailer.ledger import InvoiceRow, PaymentRow, collector_paused
 from mailer.store.db import EventItem, Store, iso
 
 CLOSED = (CaseStatus.RESOLVED, CaseStatus.HANDED_OVER, CaseStatus.STOPPED)
@@ -111,6 +111,17 @@ def import_invoices(
     profiles: Mapping[DebtorKind, ComplianceProfile],
 ) -> ImportReport:
     """Upsert invoices and debtors by their ids; each addition or change is an event."""
+    with collector_paused():
+        return _import_invoices(store, rows, now, source, profiles)
+
+
+def _import_invoices(
+    store: Store,
+    rows: Sequence[InvoiceRow],
+    now: datetime,
+    source: str,
+    profiles: Mapping[DebtorKind, ComplianceProfile],
+) -> ImportReport:
     report = ImportReport(source=source, rows=len(rows))
     stamp = iso(now)
     with store.transaction() as conn:
@@ -441,12 +452,14 @@ def sync_cases(
 # --- loading ------------------------------------------------------------------------------
 
 
-def _d(text: str) -> date:
-    return date.fromisoformat(text)
-
-
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
+
+
+# Enum lookups by value through the class call cost ~1 µs each; loading does ~4 per case.
+_CONTACT_STATUS = {s.value: s for s in ContactStatus}
+_CASE_STATUS = {s.value: s for s in CaseStatus}
+_KIND = {k.value: k for k in DebtorKind}
 
 
 def load_cases(
@@ -456,18 +469,37 @@ def load_cases(
     include_closed: bool = False,
     chunk: int = 2000,
 ) -> Iterator[Case]:
-    """Cases with their debtor, contacts, invoices and payments, a chunk of debtors at a time."""
-    where = "" if include_closed else "WHERE c.closed_at IS NULL"
+    """Cases with their debtor, contacts, invoices and payments, a chunk of debtors at a time.
+
+    Only the case ids are read up front: memory stays at one chunk however many cases there are.
+    """
+    where = "" if include_closed else "WHERE closed_at IS NULL"
     ids = None if case_ids is None else list(case_ids)
-    if ids is not None:
-        where = f"WHERE c.id IN ({', '.join('?' * len(ids))})" if ids else "WHERE 0"
-    rows = store.conn.execute(
-        "SELECT c.id, c.status, c.paused_until, d.id, d.name, d.kind, d.lang, d.country, d.region, d.timezone"
-        f" FROM cases c JOIN debtors d ON d.id = c.debtor_id {where} ORDER BY c.id",
-        tuple(ids or ()),
-    ).fetchall()
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
+    if ids is None:
+        ids = [r[0] for r in store.conn.execute(f"SELECT id FROM cases {where} ORDER BY id")]
+    elif ids:
+        marks = ", ".join("?" * len(ids))
+        ids = [
+            r[0]
+            for r in store.conn.execute(
+                f"SELECT id FROM cases WHERE id IN ({marks}) ORDER BY id", tuple(ids)
+            )
+        ]
+    dates: dict[str, date] = {}  # a ledger has few distinct dates and many rows
+
+    def day(text: str) -> date:
+        found = dates.get(text)
+        if found is None:
+            found = dates[text] = date.fromisoformat(text)
+        return found
+
+    for start in range(0, len(ids), chunk):
+        wanted = ids[start : start + chunk]
+        part = store.conn.execute(
+            "SELECT c.id, c.status, c.paused_until, d.id, d.name, d.kind, d.lang, d.country, d.region, d.timezone"
+            f" FROM cases c JOIN debtors d ON d.id = c.debtor_id WHERE c.id IN ({', '.join('?' * len(wanted))}) ORDER BY c.id",
+            tuple(wanted),
+        ).fetchall()
         debtor_ids = [r[3] for r in part]
         marks = ", ".join("?" * len(debtor_ids))
         contacts: dict[str, list[Contact]] = defaultdict(list)
@@ -475,7 +507,7 @@ def load_cases(
             f"SELECT debtor_id, address, status FROM contacts WHERE debtor_id IN ({marks}) AND position >= 0 ORDER BY debtor_id, position",
             debtor_ids,
         ):
-            contacts[debtor_id].append(Contact(address, ContactStatus(status)))
+            contacts[debtor_id].append(Contact(address, _CONTACT_STATUS[status]))
         payments: dict[str, list[Payment]] = defaultdict(list)
         invoices: dict[str, list[Invoice]] = defaultdict(list)
         inv_rows = store.conn.execute(
@@ -489,7 +521,7 @@ def load_cases(
                 f"SELECT invoice_number, paid_on, amount FROM payments WHERE invoice_number IN ({', '.join('?' * len(batch))}) ORDER BY paid_on, id",
                 batch,
             ):
-                payments[number].append(Payment(number, _d(paid_on), Decimal(amount)))
+                payments[number].append(Payment(number, day(paid_on), Decimal(amount)))
         for number, debtor_id, currency, amount, issued, due, pdf, link in inv_rows:
             invoices[debtor_id].append(
                 Invoice(
@@ -497,8 +529,8 @@ def load_cases(
                     debtor_id,
                     currency,
                     Decimal(amount),
-                    _d(issued),
-                    _d(due),
+                    day(issued),
+                    day(due),
                     pdf,
                     link,
                     tuple(payments.get(number, ())),
@@ -508,7 +540,7 @@ def load_cases(
             debtor = Debtor(
                 debtor_id,
                 name,
-                DebtorKind(kind),
+                _KIND[kind],
                 lang,
                 country,
                 region,
@@ -516,7 +548,11 @@ def load_cases(
                 tuple(contacts[debtor_id]),
             )
             yield Case(
-                case_id, debtor, tuple(invoices[debtor_id]), CaseStatus(status), _dt(paused_until)
+                case_id,
+                debtor,
+                tuple(invoices[debtor_id]),
+                _CASE_STATUS[status],
+                _dt(paused_until),
             )
 
 

@@ -1,0 +1,116 @@
+"""Crash safety: `mailer run` SIGKILLed at random moments loses nothing and sends nothing twice."""
+
+from __future__ import annotations
+
+import email
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mailer.app import App
+from mailer.config import load_settings
+from mailer.demo import IDENTITIES, write_config
+from mailer.ledger import parse_invoices
+from mailer.localservers import running_local_servers
+from mailer.store import outbox
+from mailer.store.ledger import import_invoices
+
+CASES = 240
+NOW = "2026-01-07T09:30:00+00:00"  # a Wednesday, 10:30 in Madrid: inside the sending window
+PASSWORD = "crash-test-secret"
+MAILER = [sys.executable, "-m", "mailer.cli"]
+
+
+def _ledger(path: Path) -> None:
+    lines = [
+        "invoice_number,debtor_id,debtor_name,debtor_emails,debtor_lang,debtor_kind,country,"
+        "region,currency,amount,issue_date,due_date"
+    ]
+    for n in range(CASES):
+        lang = "es" if n % 3 else "en"
+        lines.append(
+            f"F-{n},D{n},Cliente {n} S.L.,d{n}@debtor.example,{lang},business,ES,MD,EUR,{100 + n}.00,2025-11-01,2025-12-01"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _run_once(config: Path, log: Path, kill_after: float | None) -> bool:
+    """One `mailer run --once`; killed with SIGKILL after ``kill_after`` seconds if still running."""
+    env = {**os.environ, "MAILER_DEMO_PASSWORD": PASSWORD}
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            [*MAILER, "--config", str(config), "--now", NOW, "run", "--once"],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+        try:
+            child.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            return False
+    assert child.returncode == 0, log.read_text()[-3000:]
+    return True
+
+
+def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -> None:
+    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
+    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    with running_local_servers(tmp_path / "servers", users) as servers:
+        config = write_config(tmp_path, servers, grace_seconds=0)
+        settings = load_settings(config)
+        app = App.open(settings)
+        ledger = tmp_path / "invoices.csv"
+        _ledger(ledger)
+        start = datetime(2026, 1, 5, 6, tzinfo=UTC)
+        import_invoices(app.store, parse_invoices(ledger), start, "invoices.csv", settings.profiles)
+        app.store.close()
+
+        rng = random.Random(20261122)
+        log = tmp_path / "runs.log"
+        kills = 0
+        for _ in range(14):
+            # Start-up takes about a second; sending all messages a few more: kill anywhere.
+            if _run_once(config, log, kill_after=rng.uniform(0.8, 4.0)):
+                break
+            kills += 1
+        # Then let it finish (twice: the second run must find nothing left to do).
+        assert _run_once(config, log, kill_after=None)
+        assert _run_once(config, log, kill_after=None)
+
+        app = App.open(load_settings(config))
+        messages = outbox.select(app.store, "1", limit=10 * CASES)
+        assert len(messages) == CASES, "each case planned exactly once"
+        assert Counter(m.state.value for m in messages) == {"sent": CASES}
+        assert all(m.copied_at is not None for m in messages)
+
+        delivered: Counter[str] = Counter()
+        for item in servers.sink_messages():
+            parsed = email.message_from_bytes(item.data)
+            if any(r.endswith("@debtor.example") for r in item.rcpt_tos):
+                delivered[parsed["Message-ID"]] += 1
+        assert set(delivered) == {m.message_id for m in messages}
+        assert max(delivered.values()) == 1, "a message reached a debtor twice"
+
+        in_sent: Counter[str] = Counter()
+        for address in users:
+            folder = servers.mailbox_path(address) / ".Sent"
+            for sub in ("new", "cur"):
+                for path in (folder / sub).glob("*") if (folder / sub).is_dir() else []:
+                    in_sent[email.message_from_bytes(path.read_bytes())["Message-ID"]] += 1
+        assert set(in_sent) == {m.message_id for m in messages}
+        assert max(in_sent.values()) == 1, "a Sent copy was filed twice"
+        assert app.store.verify_chain() is None
+        # The kills really happened mid-work, not only before or after it.
+        kinds = Counter(e["kind"] for e in app.store.events())
+        assert kills >= 5, f"only {kills} kills"
+        print(f"\n{kills} kills; events: {dict(kinds)}")
+        app.store.close()
+    shutil.rmtree(tmp_path / "servers", ignore_errors=True)
