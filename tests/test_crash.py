@@ -16,12 +16,13 @@ from pathlib import Path
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.demo import IDENTITIES, write_config
+from mailer.flows.outbound import Outbound, TickReport
 from mailer.ledger import parse_invoices
 from mailer.localservers import running_local_servers
 from mailer.store import outbox
 from mailer.store.ledger import import_invoices
 
-CASES = 240
+CASES = 600
 NOW = "2026-01-07T09:30:00+00:00"  # a Wednesday, 10:30 in Madrid: inside the sending window
 PASSWORD = "crash-test-secret"
 MAILER = [sys.executable, "-m", "mailer.cli"]
@@ -45,7 +46,17 @@ def _run_once(config: Path, log: Path, kill_after: float | None) -> bool:
     env = {**os.environ, "MAILER_DEMO_PASSWORD": PASSWORD}
     with log.open("ab") as out:
         child = subprocess.Popen(
-            [*MAILER, "--config", str(config), "--now", NOW, "run", "--once"],
+            [
+                *MAILER,
+                "--config",
+                str(config),
+                "--now",
+                NOW,
+                "run",
+                "--once",
+                "--log-format",
+                "json",
+            ],
             stdout=out,
             stderr=out,
             env=env,
@@ -76,9 +87,15 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) 
         rng = random.Random(20261122)
         log = tmp_path / "runs.log"
         kills = 0
-        for _ in range(14):
-            # Start-up takes about a second; sending all messages a few more: kill anywhere.
-            if _run_once(config, log, kill_after=rng.uniform(0.8, 4.0)):
+        # First kills land in start-up and planning (each case is enqueued in a transaction).
+        for _ in range(5):
+            kills += not _run_once(config, log, kill_after=rng.uniform(1.5, 3.5))
+        # Finish planning here, so that the next kills land in sending and filing copies.
+        app = App.open(settings)
+        Outbound(app, {}, None).plan_due(datetime.fromisoformat(NOW), TickReport())
+        app.store.close()
+        for _ in range(20):
+            if _run_once(config, log, kill_after=rng.uniform(1.2, 4.5)):
                 break
             kills += 1
         # Then let it finish (twice: the second run must find nothing left to do).
@@ -110,7 +127,16 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) 
         assert app.store.verify_chain() is None
         # The kills really happened mid-work, not only before or after it.
         kinds = Counter(e["kind"] for e in app.store.events())
-        assert kills >= 5, f"only {kills} kills"
+        assert kills >= 10, f"only {kills} kills"
+        assert (
+            kinds["send_attempt"] > CASES
+            or kinds["send_retry_after_reconcile"]
+            or any(
+                e["data"].get("reconciled")
+                for e in app.store.events()
+                if e["kind"] == "message_sent"
+            )
+        ), "no kill landed while sending"
         print(f"\n{kills} kills; events: {dict(kinds)}")
         app.store.close()
     shutil.rmtree(tmp_path / "servers", ignore_errors=True)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +47,10 @@ class MailboxPort(Protocol):
     def find_message_id(self, message_id: str, folders: list[str] | None = None) -> list[str]: ...
 
     def append_sent(self, data: bytes, when: datetime) -> None: ...
+
+    def sent_folder(self) -> str: ...
+
+    def message_ids(self, folder: str, since: date | None = None) -> set[str]: ...
 
 
 MailboxOpener = Callable[[Identity], AbstractContextManager[MailboxPort]]
@@ -377,56 +381,57 @@ class Outbound:
     # --- after a crash or an uncertain send -------------------------------------------------------
 
     async def reconcile(self, now: datetime, report: TickReport) -> None:
-        """Settle messages left in SENDING: found in the mailbox → sent; not found → queued again."""
-        grace = timedelta(seconds=self.app.settings.reconcile_grace_seconds)
-        for message in outbox.select(self.app.store, "state = 'sending'"):
-            if message.updated_at > now - grace:
-                continue  # the receipt copy may still be on its way
-            identity = self.app.settings.identity(message.identity)
-            if self.open_mailbox is None or _copy_address(identity) is None:
-                outbox.move(
-                    self.app.store,
-                    message,
-                    MessageState.FAILED,
-                    now,
-                    "send_unknown",
-                    {
-                        "error": "unknown whether the server accepted it; check the Sent folder and resend by hand"
-                    },
-                )
-                report.failed += 1
-                continue
-            try:
-                folders = await asyncio.to_thread(self._find, identity, message.message_id)
-            except TemporaryError as exc:
-                log.warning("cannot reconcile %s yet: %s", message.message_id, exc)
-                continue
-            if folders:
-                outbox.move(
-                    self.app.store,
-                    message,
-                    MessageState.SENT,
-                    now,
-                    "message_sent",
-                    {"reconciled": True, "found_in": folders},
-                    sent_at=message.updated_at,
-                    receipt=_json({"reconciled_from": folders}),
-                )
-            else:
-                outbox.move(
-                    self.app.store,
-                    message,
-                    MessageState.QUEUED,
-                    now,
-                    "send_retry_after_reconcile",
-                    {"found_in": []},
-                )
-            report.reconciled += 1
+        """Settle messages left in SENDING: found in the mailbox → sent; not found → queued again.
 
-    def _find(self, identity: Identity, message_id: str) -> list[str]:
+        The receipt copy (our own address, envelope only) lands in the identity's INBOX only if
+        the server accepted the message, so its presence is the server's word after a crash.
+        """
+        grace = timedelta(seconds=self.app.settings.reconcile_grace_seconds)
+        stuck = [
+            m
+            for m in outbox.select(self.app.store, "state = 'sending'")
+            if m.updated_at <= now - grace
+        ]
+        by_identity: dict[str, list[outbox.OutboxMessage]] = {}
+        for message in stuck:
+            by_identity.setdefault(message.identity, []).append(message)
+        for name, messages in by_identity.items():
+            identity = self.app.settings.identity(name)
+            if self.open_mailbox is None or _copy_address(identity) is None:
+                for message in messages:
+                    outbox.move(
+                        self.app.store, message, MessageState.FAILED, now, "send_unknown",
+                        {"error": "unknown whether the server accepted it; check the Sent folder and resend by hand"},
+                    )  # fmt: skip
+                    report.failed += 1
+                continue
+            since = min(m.updated_at for m in messages).date() - timedelta(days=2)
+            try:
+                found = await asyncio.to_thread(self._ids_in_mailbox, identity, since)
+            except TemporaryError as exc:
+                log.warning("cannot reconcile identity %s yet: %s", name, exc)
+                continue
+            for message in messages:
+                folders = sorted(f for f, ids in found.items() if message.message_id in ids)
+                if folders:
+                    outbox.move(
+                        self.app.store, message, MessageState.SENT, now, "message_sent",
+                        {"reconciled": True, "found_in": folders},
+                        sent_at=message.updated_at, receipt=_json({"reconciled_from": folders}),
+                    )  # fmt: skip
+                else:
+                    outbox.move(
+                        self.app.store, message, MessageState.QUEUED, now,
+                        "send_retry_after_reconcile", {"found_in": []}, next_attempt_at=now,
+                    )  # fmt: skip
+                report.reconciled += 1
+
+    def _ids_in_mailbox(self, identity: Identity, since: date) -> dict[str, set[str]]:
         assert self.open_mailbox is not None
         with self.open_mailbox(identity) as box:
-            return box.find_message_id(message_id)
+            return {
+                folder: box.message_ids(folder, since) for folder in ("INBOX", box.sent_folder())
+            }
 
     async def file_copies(
         self, now: datetime, report: TickReport, fresh: frozenset[int] = frozenset()
@@ -458,13 +463,15 @@ class Outbound:
             ) -> list[str]:
                 results = []
                 with opener(identity) as box:
+                    folder = box.sent_folder()
+                    known: set[str] = set()
+                    older = [m.sent_at or now for m, _ in items if m.id not in fresh]
+                    if older:
+                        known = box.message_ids(folder, min(older).date() - timedelta(days=2))
                     for message, data in items:
-                        if message.id not in fresh:
-                            found = box.find_message_id(message.message_id)
-                            folders = [f for f in found if f.upper() != "INBOX"]
-                            if folders:
-                                results.append(folders[0])
-                                continue
+                        if message.id not in fresh and message.message_id in known:
+                            results.append(folder)  # filed before a crash: not twice
+                            continue
                         box.append_sent(data, message.sent_at or now)
                         results.append("appended")
                 return results
