@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import itertools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -98,7 +99,7 @@ def test_whole_campaign_threads_and_files_identical_sent_copies(
     assert [p["Message-ID"] for p in parsed] == [m.message_id for m in sent]
     assert all(p["Message-ID"].endswith("@taller-demo.example>") for p in parsed)
     # Each follow-up threads to the one before it.
-    for before, after in zip(parsed, parsed[1:], strict=False):
+    for before, after in itertools.pairwise(parsed):
         assert after["In-Reply-To"] == before["Message-ID"]
         assert before["Message-ID"] in after["References"]
     assert "Taller Demo S.L." in parsed[0]["From"]
@@ -138,7 +139,7 @@ def test_temporary_failures_are_retried_and_permanent_ones_recorded(
     assert len(debtor_copies(servers, "flaky@debtor.example")) == 1
     gone = outbox.select(app.store, "case_id = 2")[0]
     assert gone.state is MessageState.FAILED
-    refused = [e for e in app.store.events(case_id=2) if e["kind"] == "send_refused"][0]
+    refused = next(e for e in app.store.events(case_id=2) if e["kind"] == "send_refused")
     assert refused["data"]["refusals"][0]["address"] == "gone@debtor.example"
     assert refused["data"]["refusals"][0]["code"] == 550
     assert "5.1.1" in refused["data"]["refusals"][0]["text"]

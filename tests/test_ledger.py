@@ -62,7 +62,7 @@ def test_changed_invoice_is_recorded_as_event(tmp_path: Path) -> None:
         DEFAULT_PROFILES,
     )
     assert report.changed == 1
-    event = [e for e in store.events() if e["kind"] == "invoice_changed"][0]
+    event = next(e for e in store.events() if e["kind"] == "invoice_changed")
     assert event["data"]["changes"] == {"amount": ["1210.00", "1300.00"]}
 
 
