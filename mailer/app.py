@@ -11,7 +11,7 @@ from typing import Any
 from mailer.config import Settings
 from mailer.domain.calendar import HolidayCalendar
 from mailer.domain.campaign import load_campaigns, profile_problems
-from mailer.domain.models import Action, Campaign, Case, HistoryEntry, Identity, Step
+from mailer.domain.models import Action, Campaign, Case, DebtorKind, HistoryEntry, Identity, Step
 from mailer.domain.money import rate_on
 from mailer.domain.planner import plan
 from mailer.domain.policy import effective_policy, profile_for
@@ -146,8 +146,6 @@ def sample_contexts(settings: Settings, campaigns: dict[str, Campaign]) -> Itera
 
 def rate_warnings(today: date) -> list[str]:
     """Warn when today's statutory rate is not yet in the table (it is carried forward)."""
-    from mailer.domain.models import DebtorKind
-
     warnings = []
     for kind in DebtorKind:
         period = rate_on(today, kind)

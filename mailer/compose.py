@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,9 +12,8 @@ from email.policy import SMTP
 from email.utils import format_datetime
 
 from mailer.domain.models import Case, Creditor, Identity
-from mailer.render import RenderedEmail
+from mailer.render import RenderedEmail, one_line
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _POLICY = SMTP.clone(max_line_length=78)
 
 
@@ -25,11 +23,6 @@ class Attachment:
     content: bytes
     maintype: str = "application"
     subtype: str = "pdf"
-
-
-def one_line(text: str) -> str:
-    """Any control character (CR, LF, NUL, tab…) becomes a space: a header value is one line."""
-    return _CONTROL.sub(" ", text).strip()
 
 
 def new_message_id(identity: Identity, case_id: int, step: int) -> str:

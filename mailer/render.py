@@ -192,7 +192,7 @@ def _render_part(
 # --- rendering -------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     # Ledger data (a debtor name with CR/LF, a zero-width or bidi character) must never turn
     # into a second header line or a disguised subject: control/format characters become
     # spaces and every run of whitespace, line breaks included, becomes one space.
@@ -231,7 +231,7 @@ def render(
     ``opt_out_line`` (the debtor's profile requires one) is appended to text and HTML here, so
     no template can leave it out.
     """
-    subject = _one_line(_render_part(templates, lang, name, "subject.txt", context))
+    subject = one_line(_render_part(templates, lang, name, "subject.txt", context))
     if not subject:
         raise ConfigError([f"{templates.path(lang, name, 'subject.txt')}:1: empty subject"])
     text = _tidy_text(_render_part(templates, lang, name, "txt", context))
@@ -318,7 +318,7 @@ def check_templates(
                     except ConfigError as exc:
                         problems.extend(exc.problems)
                         continue
-                    if part == "subject.txt" and not _one_line(out):
+                    if part == "subject.txt" and not one_line(out):
                         problems.append(f"{path}:1: empty subject")
     # The same mistake shows up once per sample context: report it once.
     return list(dict.fromkeys(problems))

@@ -23,10 +23,6 @@ FIRST_RETRY = timedelta(minutes=1)
 LONGEST_WAIT = timedelta(hours=4)
 
 
-def can_move(old: S, new: S) -> bool:
-    return new in TRANSITIONS[old]
-
-
 def sources(new: S) -> tuple[S, ...]:
     """Every state a message may be in to move to ``new``."""
     return tuple(old for old, targets in TRANSITIONS.items() if new in targets)

@@ -28,12 +28,13 @@ from mailer.errors import (
     AmbiguousDeliveryError,
     IdentityUnavailableError,
     MailerError,
+    NeedsReviewError,
     PermanentError,
     TemporaryError,
 )
 from mailer.render_context import PreviousMessage
 from mailer.store import outbox
-from mailer.store.db import iso
+from mailer.store.db import canonical, iso
 from mailer.store.ledger import load_cases, load_history
 from mailer.transports.base import DeliveryRefusedError, Transport
 
@@ -92,6 +93,8 @@ class Outbound:
         for case in load_cases(store, ids):
             try:
                 self._plan_case(case, identities[case.id], history.get(case.id, []), now, report)
+            except NeedsReviewError as exc:
+                self._to_review(case.id, now, str(exc))
             except Exception as exc:
                 log.exception("planning failed", extra={"case_id": case.id})
                 report.errors.append(f"case {case.id}: {exc}")
@@ -317,7 +320,7 @@ class Outbound:
             "message_sent",
             {"receipt": receipt.to_json()},
             sent_at=now,
-            receipt=_json(receipt.to_json()),
+            receipt=canonical(receipt.to_json()),
             last_error=None,
         )
         report.sent += 1
@@ -417,7 +420,7 @@ class Outbound:
                     outbox.move(
                         self.app.store, message, MessageState.SENT, now, "message_sent",
                         {"reconciled": True, "found_in": folders},
-                        sent_at=message.updated_at, receipt=_json({"reconciled_from": folders}),
+                        sent_at=message.updated_at, receipt=canonical({"reconciled_from": folders}),
                     )  # fmt: skip
                 else:
                     outbox.move(
@@ -528,9 +531,3 @@ def _attachments(case: Case) -> list[Attachment]:
                     f"invoice {invoice.number}: cannot read {path}: {exc.strerror}"
                 ) from exc
     return files
-
-
-def _json(value: object) -> str:
-    from mailer.store.ledger import dump
-
-    return dump(value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -569,16 +568,3 @@ def load_history(
     for case_id, step, at, state in store.conn.execute(sql + " ORDER BY case_id, step", args):
         history[case_id].append(HistoryEntry(step, datetime.fromisoformat(at), MessageState(state)))
     return history
-
-
-def case_summary(store: Store) -> list[dict[str, Any]]:
-    """One row per case for tables: id, debtor, status, balance."""
-    rows = store.query(
-        "SELECT c.id, c.status, c.campaign, c.paused_until, d.id AS debtor_id, d.name FROM cases c"
-        " JOIN debtors d ON d.id = c.debtor_id ORDER BY c.id"
-    )
-    return [dict(r) for r in rows]
-
-
-def dump(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
