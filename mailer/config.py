@@ -40,7 +40,11 @@ IDENTITY_KEYS = {
 PROFILE_KEYS = {"campaign", "earliest", "latest", "max_per_30_days", "min_gap_days", "opt_out_line"}
 STORAGE_KEYS = {"database", "evidence_dir"}
 PATH_KEYS = {"campaigns", "templates"}
-TOP_KEYS = {"creditor", "identities", "storage", "paths", "profiles", "daemon"}
+TOP_KEYS = {"creditor", "identities", "storage", "paths", "profiles", "daemon", "inbound"}
+INBOUND_KEYS = {
+    "folders", "lookback_days", "promise_grace_days", "soft_bounce_limit", "soft_retry_hours",
+    "idle_seconds", "poll_seconds", "bounce_folder",
+}  # fmt: skip
 DAEMON_KEYS = {
     "interval_seconds", "shutdown_timeout_seconds", "retry_deadline_hours", "reconcile_grace_seconds",
 }  # fmt: skip
@@ -49,6 +53,20 @@ DAEMON_KEYS = {
 def is_address(text: str) -> bool:
     """A plain addr-spec, no display name, no whitespace or control characters."""
     return len(text) <= 254 and _ADDRESS.match(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSettings:
+    """How the mailbox watcher reads each identity's mailbox and acts on what arrives."""
+
+    folders: tuple[str, ...] = ("INBOX",)  # read-only: flags are never changed, nothing moved
+    lookback_days: int = 7  # first start: read this much of the mailbox's recent past
+    promise_grace_days: int = 3  # a promise to pay on D pauses the case until D + this
+    soft_bounce_limit: int = 3  # consecutive soft bounces after which an address is given up
+    soft_retry_hours: float = 24.0  # a soft bounce sends the same reminder again after this
+    idle_seconds: float = 25 * 60.0  # IDLE is re-issued before the server's 29-minute limit
+    poll_seconds: float = 60.0  # without IDLE, look this often
+    bounce_folder: str | None = None  # opt-in: move handled bounces here (never replies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +83,7 @@ class Settings:
     shutdown_timeout_seconds: float = 20.0  # SIGTERM: finish the message in hand within this
     retry_deadline_hours: float = 72.0  # a message still deferred after this has failed
     reconcile_grace_seconds: float = 120.0  # wait this long for the receipt copy to arrive
+    inbound: InboundSettings = InboundSettings()
 
     def identity(self, name: str) -> Identity:
         for ident in self.identities:
@@ -120,6 +139,7 @@ def load_settings(path: Path) -> Settings:
     storage = _table(src, data, "storage", STORAGE_KEYS)
     paths = _table(src, data, "paths", PATH_KEYS)
     daemon = _table(src, data, "daemon", DAEMON_KEYS)
+    inbound = _inbound(src, _table(src, data, "inbound", INBOUND_KEYS))
     src.raise_if_problems()
     assert creditor is not None
     return Settings(
@@ -135,7 +155,40 @@ def load_settings(path: Path) -> Settings:
         shutdown_timeout_seconds=float(daemon.get("shutdown_timeout_seconds", 20.0)),
         retry_deadline_hours=float(daemon.get("retry_deadline_hours", 72.0)),
         reconcile_grace_seconds=float(daemon.get("reconcile_grace_seconds", 120.0)),
+        inbound=inbound,
     )
+
+
+def _inbound(src: TomlSource, table: dict[str, Any]) -> InboundSettings:
+    default = InboundSettings()
+    values: dict[str, Any] = {}
+    folders = table.get("folders", list(default.folders))
+    if not (
+        isinstance(folders, list) and folders and all(isinstance(f, str) and f for f in folders)
+    ):
+        src.problem("folders must be a non-empty list of folder names", "inbound", "folders")
+    else:
+        values["folders"] = tuple(folders)
+    for key in ("lookback_days", "promise_grace_days", "soft_bounce_limit"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            src.problem(f"{key} must be a whole number >= 0", "inbound", key)
+        else:
+            values[key] = value
+    for key in ("soft_retry_hours", "idle_seconds", "poll_seconds"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            src.problem(f"{key} must be a number > 0", "inbound", key)
+        else:
+            values[key] = float(value)
+    if values.get("idle_seconds", 0) > 29 * 60:
+        src.problem("idle_seconds must stay under 29 minutes (RFC 2177)", "inbound", "idle_seconds")
+    folder = table.get("bounce_folder")
+    if folder is not None and (not isinstance(folder, str) or not folder.strip()):
+        src.problem("bounce_folder must be a folder name", "inbound", "bounce_folder")
+    elif folder is not None:
+        values["bounce_folder"] = folder
+    return InboundSettings(**values)
 
 
 def _table(src: TomlSource, data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from mailer.app import App
 from mailer.config import Settings, read_secret
 from mailer.domain.models import Identity
+from mailer.flows.inbound import Inbound
 from mailer.flows.outbound import MailboxPort, Outbound, TickReport
 from mailer.mailbox.imap import ImapMailbox
+from mailer.mailbox.watcher import Watcher
 from mailer.transports.smtp import SmtpTransport
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,30 @@ def open_mailbox(identity: Identity) -> Iterator[MailboxPort]:
         yield box
 
 
+def make_box(identity: Identity) -> ImapMailbox:
+    """A long-lived IMAP session for the watcher (connected by the watcher, in a thread)."""
+    return ImapMailbox.for_identity(identity, read_secret(identity), timeout=60.0)
+
+
+def build_watchers(app: App, clock: Clock) -> list[Watcher]:
+    """One watcher per identity whose mailbox mailer can read."""
+    inbound = Inbound(app)
+    s = app.settings.inbound
+    return [
+        Watcher(
+            ident,
+            inbound,
+            make_box,
+            clock,
+            folders=s.folders,
+            idle_seconds=s.idle_seconds,
+            poll_seconds=s.poll_seconds,
+        )
+        for ident in app.settings.identities
+        if ident.imap_host
+    ]
+
+
 @dataclass
 class Daemon:
     """Mailman-style runner: one tick → check stop → snooze, until a signal says stop."""
@@ -55,7 +81,9 @@ class Daemon:
     stopping: bool = False
     ticks: int = 0
     last_report: TickReport = field(default_factory=TickReport)
+    watchers: list[Watcher] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _watching: list[asyncio.Task[None]] = field(default_factory=list)
 
     def request_stop(self) -> None:
         if self.stopping:
@@ -88,6 +116,9 @@ class Daemon:
 
     async def run(self) -> None:
         """Loop until stopped; the tick in progress gets ``shutdown_timeout`` to finish."""
+        self._watching = [
+            asyncio.ensure_future(w.run(lambda: self.stopping)) for w in self.watchers
+        ]
         while not self.stopping:
             task = asyncio.ensure_future(self.tick())
             stop_wait = asyncio.ensure_future(self._wake.wait())
@@ -112,6 +143,12 @@ class Daemon:
         await self.close()
 
     async def close(self) -> None:
+        if self._watching:
+            # Each watcher notices the stop within a second (IDLE is waited in slices).
+            _done, pending = await asyncio.wait(self._watching, timeout=self.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._watching, return_exceptions=True)
         for transport in self.outbound.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()
@@ -128,4 +165,5 @@ def make_daemon(settings: Settings, clock: Clock = system_clock) -> Daemon:
         interval=settings.interval_seconds,
         clock=clock,
         shutdown_timeout=settings.shutdown_timeout_seconds,
+        watchers=build_watchers(app, clock),
     )

@@ -1,4 +1,4 @@
-"""The business's own mailboxes over IMAP: Sent copies now, the INBOX watcher later."""
+"""The business's own mailboxes over IMAP: Sent copies, reconciliation and the watcher."""
 
 from mailer.mailbox.imap import ImapMailbox
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import imaplib
 import socket
 import ssl
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime
 from email.parser import BytesHeaderParser
@@ -259,3 +260,90 @@ class ImapMailbox:
                     if found:
                         ids.add(found)
         return ids
+
+    # ------------------------------------------------------------------ watching
+    # Every read below opens the folder read-only (EXAMINE) and fetches with BODY.PEEK, so the
+    # person's flags, \\Seen included, never change because mailer looked.
+
+    def folder_status(self, folder: str) -> tuple[int, int]:
+        """(UIDVALIDITY, UIDNEXT) of ``folder``, selecting it read-only."""
+        with _mapped(f"EXAMINE {folder}"):
+            info = self._imap.select_folder(folder, readonly=True)
+        validity = int(info.get(b"UIDVALIDITY", 0))
+        uidnext = int(info.get(b"UIDNEXT", 0))
+        if not uidnext:  # optional in the SELECT response of old servers: ask for it
+            with _mapped(f"STATUS {folder}"):
+                uidnext = int(self._imap.folder_status(folder, [b"UIDNEXT"])[b"UIDNEXT"])
+        return validity, uidnext
+
+    def uids_after(self, folder: str, last_uid: int) -> list[int]:
+        """UIDs above ``last_uid`` in ``folder``, ascending."""
+        with _mapped(f"SEARCH in {folder}"):
+            self._imap.select_folder(folder, readonly=True)
+            # "n:*" always matches the highest UID, even when it is below n (RFC 3501 6.4.8).
+            found = self._imap.search(["UID", f"{last_uid + 1}:*"])
+        return sorted(uid for uid in found if uid > last_uid)
+
+    def uids_since(self, folder: str, day: date) -> list[int]:
+        """UIDs of messages that arrived on or after ``day`` (INTERNALDATE), ascending."""
+        with _mapped(f"SEARCH in {folder}"):
+            self._imap.select_folder(folder, readonly=True)
+            return sorted(self._imap.search(["SINCE", day]))
+
+    def fetch_headers(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """The raw header block of each message (BODY.PEEK[HEADER])."""
+        return self._fetch(folder, uids, "BODY.PEEK[HEADER]", b"BODY[HEADER]")
+
+    def fetch_messages(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """The exact bytes of each message (BODY.PEEK[])."""
+        return self._fetch(folder, uids, "BODY.PEEK[]", b"BODY[]")
+
+    def _fetch(self, folder: str, uids: Sequence[int], item: str, key: bytes) -> dict[int, bytes]:
+        if not uids:
+            return {}
+        with _mapped(f"FETCH in {folder}"):
+            self._imap.select_folder(folder, readonly=True)
+            response = self._imap.fetch(list(uids), [item])
+        return {
+            int(uid): bytes(data[key])
+            for uid, data in response.items()
+            if data.get(key) is not None
+        }
+
+    def supports_idle(self) -> bool:
+        with _mapped("CAPABILITY"):
+            return bool(self._imap.has_capability("IDLE"))
+
+    def idle_wait(self, folder: str, seconds: float, stop: Callable[[], bool]) -> bool:
+        """IDLE on ``folder`` until the server reports a change, ``seconds`` pass, or ``stop()``.
+
+        True when the server said something arrived or changed. The wait is cut into one-second
+        slices so a shutdown is never held up by a quiet mailbox; callers re-issue IDLE before
+        the 29-minute limit of RFC 2177 by passing ``seconds`` below it.
+        """
+        deadline = time.monotonic() + seconds
+        changed = False
+        with _mapped(f"IDLE on {folder}"):
+            self._imap.select_folder(folder, readonly=True)
+            self._imap.idle()
+            try:
+                while not stop():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    responses = self._imap.idle_check(timeout=min(1.0, left))
+                    if any(_is_change(r) for r in responses):
+                        changed = True
+                        break
+            finally:
+                self._imap.idle_done()
+        return changed
+
+
+def _is_change(response: Any) -> bool:
+    """An untagged EXISTS, RECENT or EXPUNGE: something arrived or went."""
+    if isinstance(response, tuple) and len(response) >= 2:
+        return response[1] in (b"EXISTS", b"RECENT", b"EXPUNGE")
+    if isinstance(response, tuple) and response and isinstance(response[0], bytes):
+        return response[0].upper() == b"BYE"
+    return False

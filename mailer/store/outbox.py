@@ -74,10 +74,13 @@ def enqueue(
     state: MessageState,
     now: datetime,
     deadline: datetime | None,
+    resend: int = 0,
+    not_before: datetime | None = None,
 ) -> int | None:
     """Store the exact bytes and the message row in one transaction; None if the step exists.
 
-    UNIQUE (case_id, step) makes "a step is never planned twice" a database fact, not a hope.
+    UNIQUE (case_id, step, resend) makes "a step is never planned twice" a database fact, not a
+    hope; ``resend`` numbers the copies of a step sent again to another address after a bounce.
     """
     with store.transaction() as conn:
         digest = store.put_blob(raw)
@@ -85,12 +88,13 @@ def enqueue(
             cursor = conn.execute(
                 "INSERT INTO messages (case_id, step, step_name, channel, identity, message_id,"
                 " state, scheduled_at, recipients, subject, raw_sha256, in_reply_to, deadline_at,"
-                " next_attempt_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, created_at, updated_at, resend)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     case_id, step, step_name, channel, identity, message_id, state.value, iso(now),
                     json.dumps(list(recipients)), subject, digest, in_reply_to,
-                    iso(deadline) if deadline else None, iso(now), iso(now), iso(now),
+                    iso(deadline) if deadline else None, iso(not_before or now), iso(now), iso(now),
+                    resend,
                 ),
             )  # fmt: skip
         except sqlite3.IntegrityError:
@@ -109,6 +113,7 @@ def enqueue(
                 "subject": subject,
                 "sha256": digest,
                 "size": len(raw),
+                **({"resend": resend} if resend else {}),
             },
             case_id=case_id,
             message_id=row_id,

@@ -111,6 +111,102 @@ _V1 = [
         BEGIN SELECT RAISE(ABORT, 'stored messages are never changed'); END""",
 ]
 
+# Messages: a step may go again, to the debtor's next address, after a hard bounce. The copy is
+# a numbered resend of the same step, so UNIQUE (case, step) becomes UNIQUE (case, step, resend):
+# SQLite cannot alter a constraint, hence the rebuild.
+_MESSAGE_COLUMNS = (
+    "id, case_id, step, step_name, channel, identity, message_id, state, scheduled_at,"
+    " recipients, subject, raw_sha256, in_reply_to, attempts, next_attempt_at, deadline_at,"
+    " last_error, receipt, sent_at, copied_at, copy_attempts, created_at, updated_at"
+)
+_V2 = [
+    """CREATE TABLE messages_v2 (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        step INTEGER NOT NULL,
+        step_name TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        scheduled_at TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        raw_sha256 TEXT REFERENCES blobs(sha256),
+        in_reply_to TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT,
+        deadline_at TEXT,
+        last_error TEXT,
+        receipt TEXT,
+        sent_at TEXT,
+        copied_at TEXT,
+        copy_attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        resend INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (case_id, step, resend))""",
+    f"INSERT INTO messages_v2 ({_MESSAGE_COLUMNS}) SELECT {_MESSAGE_COLUMNS} FROM messages",
+    "DROP TABLE messages",
+    "ALTER TABLE messages_v2 RENAME TO messages",
+    "CREATE INDEX messages_state ON messages (state, next_attempt_at)",
+    "CREATE INDEX messages_uncopied ON messages (state) WHERE copied_at IS NULL",
+    "CREATE INDEX messages_case ON messages (case_id)",
+    # Consecutive soft bounces: after a few, the address counts as undeliverable.
+    "ALTER TABLE contacts ADD COLUMN soft_bounces INTEGER NOT NULL DEFAULT 0",
+    # Where the watcher is in each folder: UIDs only mean something under one UIDVALIDITY.
+    """CREATE TABLE mailbox_state (
+        identity TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        last_uid INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (identity, folder))""",
+    # Case-related incoming mail only; the raw bytes are in blobs. Unrelated mail never lands here.
+    """CREATE TABLE inbound (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER,
+        uid INTEGER,
+        message_id TEXT,
+        raw_sha256 TEXT NOT NULL REFERENCES blobs(sha256),
+        state TEXT NOT NULL CHECK (state IN ('handled', 'quarantined')),
+        kind TEXT NOT NULL,
+        case_id INTEGER REFERENCES cases(id),
+        related_message INTEGER REFERENCES messages(id),
+        from_address TEXT,
+        subject TEXT NOT NULL DEFAULT '',
+        classification TEXT NOT NULL,
+        error TEXT,
+        received_at TEXT NOT NULL)""",
+    "CREATE UNIQUE INDEX inbound_sha ON inbound (raw_sha256)",
+    "CREATE INDEX inbound_message_id ON inbound (message_id)",
+    "CREATE INDEX inbound_case ON inbound (case_id)",
+    # The review queue: what a person must read or decide. Evidence stays in events.
+    """CREATE TABLE reviews (
+        id INTEGER PRIMARY KEY,
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        inbound_id INTEGER REFERENCES inbound(id),
+        reason TEXT NOT NULL,
+        intent TEXT,
+        text TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        resolved_at TEXT,
+        resolution TEXT)""",
+    "CREATE INDEX reviews_open ON reviews (case_id) WHERE resolved_at IS NULL",
+    # An agreed instalment plan: reminders follow each instalment instead of the campaign.
+    """CREATE TABLE instalments (
+        case_id INTEGER NOT NULL REFERENCES cases(id),
+        seq INTEGER NOT NULL,
+        due_date TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        cancelled_at TEXT,
+        PRIMARY KEY (case_id, seq))""",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "ledger, cases, outbox, events", _V1),
+    (2, "mailbox watcher, inbound mail, reviews, resends, instalments", _V2),
 ]

@@ -1,0 +1,509 @@
+"""One bounded inbound pass per mailbox: fetch what is new, keep what concerns a case, act on it."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import email.utils
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Protocol
+
+from mailer.app import App
+from mailer.compose import new_message_id
+from mailer.config import is_address
+from mailer.domain.classify import Classification, Kind, classify
+from mailer.domain.inbound import (
+    CaseFacts,
+    Effect,
+    Headers,
+    InboundRules,
+    Note,
+    Pause,
+    Queue,
+    Relevance,
+    Resend,
+    SetContact,
+    SoftBounce,
+    ToReview,
+    cited_ids,
+    decide,
+    match,
+    read_headers,
+    screen,
+    stricter_pause,
+)
+from mailer.domain.models import CaseStatus, MessageState
+from mailer.store import inbound as store_inbound
+from mailer.store import outbox
+from mailer.store.db import iso
+
+log = logging.getLogger(__name__)
+CHUNK = 200  # messages fetched per round trip; the checkpoint advances after each chunk
+_PENDING = "state IN ('queued', 'deferred', 'awaiting_approval')"
+
+
+class MailboxReader(Protocol):
+    """What the inbound flow needs of an identity's IMAP mailbox (read-only)."""
+
+    def folder_status(self, folder: str) -> tuple[int, int]: ...
+
+    def uids_after(self, folder: str, last_uid: int) -> list[int]: ...
+
+    def uids_since(self, folder: str, day: date) -> list[int]: ...
+
+    def fetch_headers(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]: ...
+
+    def fetch_messages(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]: ...
+
+
+@dataclass
+class InboundReport:
+    examined: int = 0  # headers looked at
+    stored: int = 0  # case-related messages recorded and acted on
+    quarantined: int = 0
+    duplicates: int = 0
+    resync: int = 0  # folders whose UIDVALIDITY changed
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: InboundReport) -> None:
+        self.examined += other.examined
+        self.stored += other.stored
+        self.quarantined += other.quarantined
+        self.duplicates += other.duplicates
+        self.resync += other.resync
+        self.errors.extend(other.errors)
+
+
+@dataclass
+class Inbound:
+    app: App
+
+    @property
+    def rules(self) -> InboundRules:
+        s = self.app.settings.inbound
+        return InboundRules(
+            promise_grace_days=s.promise_grace_days,
+            soft_bounce_limit=s.soft_bounce_limit,
+            soft_retry=timedelta(hours=s.soft_retry_hours),
+        )
+
+    # --- the pass --------------------------------------------------------------------------
+
+    async def sync(
+        self,
+        identity: str,
+        box: MailboxReader,
+        now: datetime,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> InboundReport:
+        """Everything that arrived in the identity's watched folders since the checkpoint."""
+        report = InboundReport()
+        for folder in self.app.settings.inbound.folders:
+            if stop():
+                break
+            await self._sync_folder(identity, folder, box, now, report, stop)
+        return report
+
+    async def _sync_folder(
+        self,
+        identity: str,
+        folder: str,
+        box: MailboxReader,
+        now: datetime,
+        report: InboundReport,
+        stop: Callable[[], bool],
+    ) -> None:
+        store = self.app.store
+        validity, uidnext = await asyncio.to_thread(box.folder_status, folder)
+        mark = store_inbound.checkpoint(store, identity, folder)
+        if mark is not None and mark.uidvalidity == validity:
+            uids = await asyncio.to_thread(box.uids_after, folder, mark.last_uid)
+            last = mark.last_uid
+        else:
+            if mark is None:
+                since = now.date() - timedelta(days=self.app.settings.inbound.lookback_days)
+            else:
+                # UIDs were renumbered. Everything not yet handled arrived after the last
+                # checkpoint; what was handled is recognised by Message-ID and content hash.
+                since = mark.updated_at.date() - timedelta(days=2)
+                report.resync += 1
+                store.append_event(
+                    now,
+                    "mailbox_resync",
+                    {"identity": identity, "folder": folder, "old": mark.uidvalidity,
+                     "new": validity, "since": since.isoformat()},
+                )  # fmt: skip
+                log.warning("%s/%s: UIDVALIDITY changed, resyncing", identity, folder)
+            uids = await asyncio.to_thread(box.uids_since, folder, since)
+            last = max(uidnext - 1, 0)
+        for start in range(0, len(uids), CHUNK):
+            if stop():
+                return  # the checkpoint stays at the last whole chunk: nothing is skipped
+            chunk = uids[start : start + CHUNK]
+            await self._chunk(identity, folder, validity, chunk, box, now, report)
+            last = max(last, chunk[-1])
+            store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
+        store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
+
+    async def _chunk(
+        self,
+        identity: str,
+        folder: str,
+        validity: int,
+        uids: Sequence[int],
+        box: MailboxReader,
+        now: datetime,
+        report: InboundReport,
+    ) -> None:
+        headers = await asyncio.to_thread(box.fetch_headers, folder, uids)
+        report.examined += len(headers)
+        parsed: dict[int, Headers | None] = {}
+        for uid, block in headers.items():
+            try:
+                parsed[uid] = read_headers(block)
+            except Exception:
+                parsed[uid] = None  # unreadable: quarantined below, with its bytes
+        known = [h for h in parsed.values() if h is not None]
+        ours = store_inbound.sent_refs(
+            self.app.store, [r for h in known for r in (h.message_id, *h.refs) if r]
+        )
+        contacts = store_inbound.contact_cases(
+            self.app.store, [h.from_address for h in known if h.from_address]
+        )
+        wanted = [
+            uid
+            for uid, h in parsed.items()
+            if h is None or screen(h, ours, contacts) in (Relevance.RELATED, Relevance.CANDIDATE)
+        ]
+        if not wanted:
+            return
+        bodies = await asyncio.to_thread(box.fetch_messages, folder, sorted(wanted))
+        for uid in sorted(bodies):
+            try:
+                outcome = self.process(
+                    identity,
+                    folder,
+                    validity,
+                    uid,
+                    bodies[uid],
+                    now,
+                    readable=parsed[uid] is not None,
+                )
+            except Exception as exc:  # one bad message never stops the pass
+                log.exception("inbound message failed: %s/%s uid %s", identity, folder, uid)
+                self._quarantine(identity, folder, validity, uid, bodies[uid], None, repr(exc), now)
+                outcome = "quarantined"
+            if outcome == "stored":
+                report.stored += 1
+            elif outcome == "quarantined":
+                report.quarantined += 1
+            elif outcome == "duplicate":
+                report.duplicates += 1
+
+    # --- one message -----------------------------------------------------------------------
+
+    def process(
+        self,
+        identity: str,
+        folder: str,
+        validity: int | None,
+        uid: int | None,
+        raw: bytes,
+        now: datetime,
+        *,
+        readable: bool = True,
+    ) -> str:
+        """Classify, match and act on one message: 'stored', 'duplicate', 'quarantined' or
+        'unrelated' (a report about someone else's mail: dropped, not even logged)."""
+        store = self.app.store
+        digest = hashlib.sha256(raw).hexdigest()
+        c = classify(raw, today=now.date())
+        message_id = _own_message_id(raw)
+        if store_inbound.already_stored(store, digest, message_id):
+            return "duplicate"
+        if not readable or c.errors:
+            case = self._case_hint(c)
+            why = "; ".join(c.errors) or "unreadable header"
+            self._quarantine(identity, folder, validity, uid, raw, case, why, now)
+            return "quarantined"
+        sent = store_inbound.sent_refs(store, cited_ids(c))
+        if message_id is not None and message_id in sent:
+            return "unrelated"  # our own receipt copy, caught after a header-only miss
+        addresses = [r.address for r in c.recipients]
+        if c.from_address:
+            addresses.append(c.from_address)
+        found = match(c, sent, store_inbound.contact_cases(store, addresses))
+        if found is None:
+            return "unrelated"
+        facts = store_inbound.case_facts(store, found.case_id)
+        if facts is None:
+            return "unrelated"
+        effects = decide(c, facts, found.message, self.rules, now)
+        with store.transaction():
+            store.put_blob(raw)
+            row = store_inbound.insert(
+                store, identity=identity, folder=folder, uidvalidity=validity, uid=uid,
+                message_id=message_id, sha256=digest, state="handled", kind=c.kind.value,
+                case_id=facts.case_id,
+                related_message=found.message.row_id if found.message else None,
+                from_address=c.from_address, subject=c.subject, classification=c.to_json(),
+                error=None, now=now,
+            )  # fmt: skip
+            store.append_event(
+                now,
+                "mail_received",
+                {
+                    "inbound_id": row,
+                    "identity": identity,
+                    "folder": folder,
+                    "uid": uid,
+                    "uidvalidity": validity,
+                    "message_id": message_id,
+                    "sha256": digest,
+                    "size": len(raw),
+                    "classification": _summary(c),
+                    "in_reply_to": found.message.message_id if found.message else None,
+                },
+                case_id=facts.case_id,
+                message_id=found.message.row_id if found.message else None,
+            )
+            if c.kind in (Kind.HUMAN_REPLY, Kind.AUTOREPLY) and c.from_address:
+                # Proof the address receives mail: soft bounces were not "in a row".
+                store.conn.execute(
+                    "UPDATE contacts SET soft_bounces = 0 WHERE address = ?", (c.from_address,)
+                )
+            for effect in effects:
+                self._apply(effect, facts, row, now)
+        log.info(
+            "case %s: %s%s from %s", facts.case_id, c.kind.value,
+            f" ({c.intent.value})" if c.intent else "", c.from_address or "?",
+            extra={"case_id": facts.case_id, "message_id": message_id},
+        )  # fmt: skip
+        return "stored"
+
+    def _case_hint(self, c: Classification) -> int | None:
+        store = self.app.store
+        sent = store_inbound.sent_refs(store, cited_ids(c))
+        if sent:
+            return next(iter(sent.values())).case_id
+        if c.from_address:
+            return store_inbound.contact_cases(store, [c.from_address]).get(c.from_address.lower())
+        return None
+
+    def _quarantine(
+        self,
+        identity: str,
+        folder: str,
+        validity: int | None,
+        uid: int | None,
+        raw: bytes,
+        case_id: int | None,
+        why: str,
+        now: datetime,
+    ) -> None:
+        store = self.app.store
+        digest = hashlib.sha256(raw).hexdigest()
+        with store.transaction():
+            if store_inbound.already_stored(store, digest, None):
+                return
+            store.put_blob(raw)
+            row = store_inbound.insert(
+                store, identity=identity, folder=folder, uidvalidity=validity, uid=uid,
+                message_id=None, sha256=digest, state="quarantined", kind="quarantined",
+                case_id=case_id, related_message=None, from_address=None, subject="",
+                classification={}, error=why[:1000], now=now,
+            )  # fmt: skip
+            store.append_event(
+                now,
+                "mail_quarantined",
+                {"inbound_id": row, "identity": identity, "folder": folder, "uid": uid,
+                 "sha256": digest, "size": len(raw), "error": why[:1000]},
+                case_id=case_id,
+            )  # fmt: skip
+            if case_id is not None:
+                store_inbound.open_review(
+                    store, case_id, row, "a message about this case could not be read", None,
+                    "", now,
+                )  # fmt: skip
+        log.warning("quarantined %s/%s uid %s: %s", identity, folder, uid, why[:200])
+
+    # --- acting on the case ----------------------------------------------------------------
+
+    def _apply(self, effect: Effect, facts: CaseFacts, inbound_id: int, now: datetime) -> None:
+        store = self.app.store
+        case_id = facts.case_id
+        if isinstance(effect, Pause):
+            current = store_inbound.case_facts(store, case_id)
+            assert current is not None
+            change = stricter_pause(current.status, current.paused_until, effect)
+            if change is None:
+                store.append_event(
+                    now, "case_unchanged", {"wanted": "pause", "reason": effect.reason,
+                                            "status": current.status.value}, case_id=case_id,
+                )  # fmt: skip
+                return
+            status, until = change
+            self._set_status(case_id, status, effect.reason, until, now)
+            self._cancel_pending(case_id, now, f"case paused: {effect.reason}")
+        elif isinstance(effect, ToReview):
+            current = store_inbound.case_facts(store, case_id)
+            assert current is not None
+            if current.status in (CaseStatus.ACTIVE, CaseStatus.PAUSED, CaseStatus.REVIEW):
+                self._set_status(case_id, CaseStatus.REVIEW, effect.reason, None, now)
+            self._cancel_pending(case_id, now, f"case to review: {effect.reason}")
+        elif isinstance(effect, Queue):
+            review = store_inbound.open_review(
+                store, case_id, inbound_id, effect.reason,
+                effect.intent.value if effect.intent else None, effect.text, now,
+            )  # fmt: skip
+            store.append_event(
+                now, "review_opened",
+                {"review_id": review, "reason": effect.reason, "inbound_id": inbound_id,
+                 "intent": effect.intent.value if effect.intent else None},
+                case_id=case_id,
+            )  # fmt: skip
+        elif isinstance(effect, SetContact):
+            store.conn.execute(
+                "UPDATE contacts SET status = ?, status_reason = ?, updated_at = ?"
+                " WHERE address = ? AND debtor_id = (SELECT debtor_id FROM cases WHERE id = ?)",
+                (effect.status.value, effect.reason[:500], iso(now), effect.address, case_id),
+            )
+            store.append_event(
+                now, "contact_status",
+                {"address": effect.address, "status": effect.status.value,
+                 "reason": effect.reason[:500]},
+                case_id=case_id,
+            )  # fmt: skip
+            self._cancel_pending(
+                case_id, now, f"{effect.address} {effect.status.value}", effect.address
+            )
+            self._look_now(case_id, now)
+        elif isinstance(effect, SoftBounce):
+            store.conn.execute(
+                "UPDATE contacts SET soft_bounces = soft_bounces + 1, updated_at = ?"
+                " WHERE address = ? AND debtor_id = (SELECT debtor_id FROM cases WHERE id = ?)",
+                (iso(now), effect.address, case_id),
+            )
+            store.append_event(now, "soft_bounce", {"address": effect.address}, case_id=case_id)
+        elif isinstance(effect, Resend):
+            self._resend(effect, case_id, now)
+        elif isinstance(effect, Note):
+            store.append_event(now, "mail_noted", {"note": effect.what[:500]}, case_id=case_id)
+
+    def _set_status(
+        self, case_id: int, status: CaseStatus, reason: str, until: datetime | None, now: datetime
+    ) -> None:
+        store = self.app.store
+        store.conn.execute(
+            "UPDATE cases SET status = ?, status_reason = ?, paused_until = ?, next_action_at = ?"
+            " WHERE id = ?",
+            (status.value, reason[:500], iso(until) if until else None,
+             iso(until) if until else None, case_id),
+        )  # fmt: skip
+        store.append_event(
+            now,
+            f"case_{status.value}",
+            {"by": "mailer", "reason": reason[:500], "until": iso(until) if until else None},
+            case_id=case_id,
+        )
+
+    def _look_now(self, case_id: int, now: datetime) -> None:
+        self.app.store.conn.execute(
+            "UPDATE cases SET next_action_at = ? WHERE id = ? AND status IN ('active', 'paused')",
+            (iso(now), case_id),
+        )
+
+    def _cancel_pending(
+        self, case_id: int, now: datetime, why: str, only_to: str | None = None
+    ) -> None:
+        """Messages not yet handed to a server are withdrawn; the planner re-plans on resume."""
+        for message in outbox.select(self.app.store, f"case_id = ? AND {_PENDING}", (case_id,)):
+            if only_to is not None and only_to.lower() not in (
+                r.lower() for r in message.recipients
+            ):
+                continue
+            outbox.move(
+                self.app.store, message, MessageState.CANCELLED, now, "message_cancelled",
+                {"reason": why[:500]},
+            )  # fmt: skip
+
+    def _resend(self, effect: Resend, case_id: int, now: datetime) -> None:
+        """The bounced message again, to ``effect.to``: same words, new Message-ID and Date."""
+        store = self.app.store
+        original = outbox.get(store, effect.message.row_id)
+        if original is None or not is_address(effect.to):
+            return
+        current = store_inbound.case_facts(store, case_id)
+        if current is None or current.status not in (CaseStatus.ACTIVE, CaseStatus.PAUSED):
+            return
+        settings = self.app.settings
+        identity = settings.identity(original.identity)
+        row = store.conn.execute(
+            "SELECT coalesce(max(resend), 0) + 1 FROM messages WHERE case_id = ? AND step = ?",
+            (case_id, original.step),
+        ).fetchone()
+        number = int(row[0])
+        message_id = new_message_id(identity, case_id, original.step)
+        data = readdress(outbox.raw(store, original), effect.to, message_id, now)
+        outbox.enqueue(
+            store,
+            case_id=case_id,
+            step=original.step,
+            step_name=original.step_name,
+            channel=original.channel,
+            identity=original.identity,
+            message_id=message_id,
+            recipients=[effect.to],
+            subject=original.subject,
+            raw=data,
+            in_reply_to=original.in_reply_to,
+            state=MessageState.QUEUED,
+            now=now,
+            deadline=effect.at + timedelta(hours=settings.retry_deadline_hours),
+            resend=number,
+            not_before=effect.at,
+        )
+        store.append_event(
+            now, "message_resend_planned",
+            {"of": original.message_id, "message_id": message_id, "to": effect.to,
+             "at": iso(effect.at), "why": effect.why[:500]},
+            case_id=case_id, message_id=original.id,
+        )  # fmt: skip
+
+
+def readdress(raw: bytes, to: str, message_id: str, when: datetime) -> bytes:
+    """The same message for another recipient: To, Message-ID and Date replaced, body unchanged."""
+    if not is_address(to):
+        raise ValueError(f"not an address: {to!r}")
+    msg = email.message_from_bytes(raw, policy=email.policy.SMTP)
+    for name, value in (
+        ("To", to),
+        ("Message-ID", message_id),
+        ("Date", email.utils.format_datetime(when)),
+    ):
+        del msg[name]
+        msg[name] = value
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def _own_message_id(raw: bytes) -> str | None:
+    """The Message-ID of a raw message, read from its header block only."""
+    end = raw.find(b"\r\n\r\n")
+    if end == -1:
+        end = raw.find(b"\n\n")
+    try:
+        return read_headers(raw[: end if end != -1 else len(raw)]).message_id
+    except Exception:
+        return None
+
+
+def _summary(c: Classification) -> dict[str, object]:
+    """The classification as recorded in the event log (reply text kept: it is the evidence)."""
+    data = c.to_json()
+    data["reply_text"] = c.reply_text[:4000]
+    return data

@@ -1,0 +1,206 @@
+"""Queries of the inbound side: folder checkpoints, what we sent, contacts, stored mail, reviews."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from mailer.domain.inbound import CaseFacts, SentRef
+from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
+from mailer.store.db import Store, iso
+
+_CHUNK = 500  # SQLite's default host-parameter limit is far above this
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    uidvalidity: int
+    last_uid: int
+    updated_at: datetime
+
+
+def checkpoint(store: Store, identity: str, folder: str) -> Checkpoint | None:
+    row = store.conn.execute(
+        "SELECT uidvalidity, last_uid, updated_at FROM mailbox_state"
+        " WHERE identity = ? AND folder = ?",
+        (identity, folder),
+    ).fetchone()
+    if row is None:
+        return None
+    return Checkpoint(int(row[0]), int(row[1]), datetime.fromisoformat(row[2]))
+
+
+def save_checkpoint(
+    store: Store, identity: str, folder: str, uidvalidity: int, last_uid: int, now: datetime
+) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO mailbox_state (identity, folder, uidvalidity, last_uid, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (identity, folder) DO UPDATE SET"
+            " uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid,"
+            " updated_at = excluded.updated_at",
+            (identity, folder, uidvalidity, last_uid, iso(now)),
+        )
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def sent_refs(store: Store, message_ids: Iterable[str]) -> dict[str, SentRef]:
+    """Which of these Message-IDs are ours, with what the inbound side needs of each."""
+    wanted = sorted({m for m in message_ids if m})
+    found: dict[str, SentRef] = {}
+    for chunk in _chunks(wanted):
+        rows = store.conn.execute(
+            "SELECT id, case_id, message_id, step, resend, recipients FROM messages"
+            f" WHERE message_id IN ({', '.join('?' * len(chunk))})",
+            tuple(chunk),
+        )
+        for row_id, case_id, message_id, step, resend, recipients in rows:
+            found[message_id] = SentRef(
+                row_id, case_id, message_id, step, resend, tuple(json.loads(recipients))
+            )
+    return found
+
+
+def contact_cases(store: Store, addresses: Iterable[str]) -> dict[str, int]:
+    """Debtor contact address (lower case) → that debtor's case (the open one, else the latest)."""
+    wanted = sorted({a.lower() for a in addresses if a})
+    found: dict[str, int] = {}
+    for chunk in _chunks(wanted):
+        rows = store.conn.execute(
+            "SELECT lower(c.address), k.id FROM contacts c JOIN cases k ON k.debtor_id = c.debtor_id"
+            f" WHERE c.address IN ({', '.join('?' * len(chunk))})"
+            " ORDER BY k.closed_at IS NULL, k.id",
+            tuple(chunk),
+        )
+        for address, case_id in rows:
+            found[address] = int(case_id)  # ordered so the open, newest case is written last
+    return found
+
+
+def case_facts(store: Store, case_id: int) -> CaseFacts | None:
+    row = store.conn.execute(
+        "SELECT k.status, k.paused_until, d.kind, d.timezone, k.debtor_id FROM cases k"
+        " JOIN debtors d ON d.id = k.debtor_id WHERE k.id = ?",
+        (case_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    contacts = store.conn.execute(
+        "SELECT address, status, soft_bounces FROM contacts WHERE debtor_id = ? ORDER BY position",
+        (row[4],),
+    ).fetchall()
+    return CaseFacts(
+        case_id=case_id,
+        status=CaseStatus(row[0]),
+        paused_until=datetime.fromisoformat(row[1]) if row[1] else None,
+        debtor_kind=DebtorKind(row[2]),
+        timezone=row[3],
+        contacts=tuple((a, ContactStatus(s), int(n)) for a, s, n in contacts),
+    )
+
+
+def already_stored(store: Store, sha256: str, message_id: str | None) -> bool:
+    """Seen before, by content or by Message-ID (the same mail fetched again, or delivered twice)."""
+    row = store.conn.execute(
+        "SELECT 1 FROM inbound WHERE raw_sha256 = ? OR (? IS NOT NULL AND message_id = ?) LIMIT 1",
+        (sha256, message_id, message_id),
+    ).fetchone()
+    return row is not None
+
+
+def insert(
+    store: Store,
+    *,
+    identity: str,
+    folder: str,
+    uidvalidity: int | None,
+    uid: int | None,
+    message_id: str | None,
+    sha256: str,
+    state: str,
+    kind: str,
+    case_id: int | None,
+    related_message: int | None,
+    from_address: str | None,
+    subject: str,
+    classification: dict[str, Any],
+    error: str | None,
+    now: datetime,
+) -> int:
+    cursor = store.conn.execute(
+        "INSERT INTO inbound (identity, folder, uidvalidity, uid, message_id, raw_sha256, state,"
+        " kind, case_id, related_message, from_address, subject, classification, error,"
+        " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            identity, folder, uidvalidity, uid, message_id, sha256, state, kind, case_id,
+            related_message, from_address, subject[:500],
+            json.dumps(classification, ensure_ascii=False), error, iso(now),
+        ),
+    )  # fmt: skip
+    return int(cursor.lastrowid or 0)
+
+
+def open_review(
+    store: Store,
+    case_id: int,
+    inbound_id: int | None,
+    reason: str,
+    intent: str | None,
+    text: str,
+    now: datetime,
+) -> int:
+    cursor = store.conn.execute(
+        "INSERT INTO reviews (case_id, inbound_id, reason, intent, text, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (case_id, inbound_id, reason, intent, text[:4000], iso(now)),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewItem:
+    id: int
+    case_id: int
+    debtor_id: str
+    debtor_name: str
+    case_status: str
+    reason: str
+    intent: str | None
+    text: str
+    created_at: datetime
+    inbound_id: int | None
+
+
+def open_reviews(store: Store, case_id: int | None = None) -> list[ReviewItem]:
+    sql = (
+        "SELECT r.id, r.case_id, d.id, d.name, k.status, r.reason, r.intent, r.text, r.created_at,"
+        " r.inbound_id FROM reviews r JOIN cases k ON k.id = r.case_id"
+        " JOIN debtors d ON d.id = k.debtor_id WHERE r.resolved_at IS NULL"
+    )
+    args: tuple[Any, ...] = ()
+    if case_id is not None:
+        sql += " AND r.case_id = ?"
+        args = (case_id,)
+    rows = store.conn.execute(sql + " ORDER BY r.created_at, r.id", args).fetchall()
+    return [
+        ReviewItem(
+            r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], datetime.fromisoformat(r[8]), r[9]
+        )
+        for r in rows
+    ]
+
+
+def close_reviews(store: Store, case_id: int, resolution: str, now: datetime) -> int:
+    cursor = store.conn.execute(
+        "UPDATE reviews SET resolved_at = ?, resolution = ? WHERE case_id = ?"
+        " AND resolved_at IS NULL",
+        (iso(now), resolution, case_id),
+    )
+    return cursor.rowcount

@@ -1,0 +1,277 @@
+"""The mailbox watcher against a real IMAP server (pymap) on loopback: replies, bounces, resyncs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+
+import pytest
+
+from mailer.app import App
+from mailer.config import load_settings
+from mailer.daemon import build_transports, make_box, open_mailbox
+from mailer.demo import IDENTITIES, write_config
+from mailer.flows.inbound import Inbound, InboundReport
+from mailer.flows.outbound import Outbound
+from mailer.ledger import parse_invoices
+from mailer.localservers import LocalMailServers, deliver, running_local_servers
+from mailer.mailbox.imap import ImapMailbox
+from mailer.store import outbox
+from mailer.store.ledger import import_invoices
+
+START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)  # Monday
+HEADER = (
+    "invoice_number,debtor_id,debtor_name,debtor_emails,debtor_lang,debtor_kind,country,region,"
+    "currency,amount,issue_date,due_date\n"
+)
+PASSWORD = "loopback-secret"
+BILLING = IDENTITIES["cobros"][0]
+LEDGER = (
+    "F-1,D1,Acme S.L.,pay@acme.example;boss@acme.example,es,business,ES,MD,EUR,1210.00,"
+    "2025-12-01,2025-12-31\n"
+    "F-2,D2,Beta S.L.,admin@beta.example,es,business,ES,MD,EUR,500.00,2025-12-01,2025-12-31\n"
+)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[LocalMailServers]:
+    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
+    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    with running_local_servers(tmp_path / "servers", users) as running:
+        yield running
+
+
+@pytest.fixture
+def app(tmp_path: Path, servers: LocalMailServers) -> Iterator[App]:
+    settings = load_settings(write_config(tmp_path, servers, grace_seconds=0))
+    opened = App.open(settings)
+    ledger = tmp_path / "invoices.csv"
+    ledger.write_text(HEADER + LEDGER, encoding="utf-8")
+    import_invoices(opened.store, parse_invoices(ledger), START, "invoices.csv", settings.profiles)
+    yield opened
+    opened.store.close()
+
+
+class Office:
+    """Drives the real outbound and inbound flows on a simulated clock."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.now = START
+        self.outbound = Outbound(app, build_transports(app.settings), open_mailbox)
+        self.inbound = Inbound(app)
+
+    async def advance(self, hours: int) -> None:
+        for _ in range(hours):
+            self.now += timedelta(hours=1)
+            await self.outbound.tick(self.now)
+
+    async def sync(self) -> InboundReport:
+        box = make_box(self.app.settings.identity("cobros"))
+        await asyncio.to_thread(box.connect)
+        try:
+            return await self.inbound.sync("cobros", box, self.now)
+        finally:
+            await asyncio.to_thread(box.close)
+
+    async def until_sent(self, address: str, count: int = 1, limit: int = 24 * 30) -> None:
+        """Advance hour by hour until ``address`` has ``count`` sent messages."""
+        for _ in range(limit):
+            if len(sent_to(self.app, address)) >= count:
+                return
+            await self.advance(1)
+        raise AssertionError(f"{address} never got {count} messages")
+
+    async def close(self) -> None:
+        for transport in self.outbound.transports.values():
+            await transport.close()
+
+
+def sent_to(app: App, address: str) -> list[outbox.OutboxMessage]:
+    return [m for m in outbox.select(app.store, "state = 'sent'") if address in m.recipients]
+
+
+def reply(
+    to_message: str, sender: str, body: str, when: datetime, subject: str = "Re: factura"
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = BILLING
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(when)
+    msg["Message-ID"] = f"<reply.{abs(hash((to_message, body)))}@client.example>"
+    msg["In-Reply-To"] = to_message
+    msg["References"] = to_message
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+def dsn(original: bytes, failed: str, status: str, diagnostic: str, when: datetime) -> bytes:
+    """A bounce as Postfix writes it (RFC 3464), returning the original's headers."""
+    head = original.split(b"\r\n\r\n", 1)[0].decode()
+    boundary = "BOUNDARY.1"
+    text = (
+        f"From: MAILER-DAEMON@mx.acme.example (Mail Delivery System)\r\n"
+        f"To: {BILLING}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Date: {format_datetime(when)}\r\nMessage-ID: <dsn.{abs(hash(failed))}@mx.acme.example>\r\n"
+        f"Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+        f"I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
+        f"<{failed}>: {diagnostic}\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; mx.acme.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {failed}\r\nOriginal-Recipient: rfc822;{failed}\r\n"
+        f"Action: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {diagnostic}\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{head}\r\n\r\n"
+        f"--{boundary}--\r\n"
+    )
+    return text.encode()
+
+
+def personal_mail(n: int, when: datetime) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"friend{n}@else.example"
+    msg["To"] = BILLING
+    msg["Subject"] = f"Lunch {n}?"
+    msg["Date"] = format_datetime(when)
+    msg["Message-ID"] = f"<personal.{n}@else.example>"
+    msg.set_content("Shall we meet on Friday?")
+    return msg.as_bytes()
+
+
+def flags(app: App) -> dict[int, tuple[bytes, ...]]:
+    with ImapMailbox.for_identity(app.settings.identity("cobros"), PASSWORD) as box:
+        imap = box._imap
+        imap.select_folder("INBOX", readonly=True)
+        uids = imap.search(["ALL"])
+        return {uid: tuple(sorted(d[b"FLAGS"])) for uid, d in imap.fetch(uids, ["FLAGS"]).items()}
+
+
+def case_row(app: App, debtor: str) -> tuple[str, str | None]:
+    row = app.store.conn.execute(
+        "SELECT status, paused_until FROM cases WHERE debtor_id = ?", (debtor,)
+    ).fetchone()
+    return row[0], row[1]
+
+
+def test_a_promise_pauses_the_case_and_personal_mail_is_left_alone(
+    app: App, servers: LocalMailServers
+) -> None:
+    inbox = servers.mailbox_path(BILLING)
+
+    async def scenario() -> None:
+        office = Office(app)
+        await office.until_sent("pay@acme.example")  # the first reminder, at 09:00 Madrid
+        (first,) = sent_to(app, "pay@acme.example")
+        deliver(inbox, personal_mail(1, office.now))
+        deliver(
+            inbox,
+            reply(
+                first.message_id, "Acme <pay@acme.example>", "Pagaré el día 15. Saludos", office.now
+            ),
+        )
+        before = flags(app)
+        report = await office.sync()
+        assert report.stored == 1 and report.quarantined == 0
+        assert flags(app) == before  # nothing read, flagged or moved by mailer
+        # Paused until the 15th plus 3 days of grace, local midnight in Madrid.
+        assert case_row(app, "D1") == ("paused", "2026-01-17T23:00:00+00:00")
+        assert case_row(app, "D2")[0] == "active"
+        await office.advance(24 * 9)
+        assert len(sent_to(app, "pay@acme.example")) == 1  # nothing while paused
+        await office.advance(24 * 4)  # the pause ends on the 18th: still unpaid, it resumes
+        assert case_row(app, "D1")[0] == "active"
+        assert len(sent_to(app, "pay@acme.example")) == 2
+        await office.close()
+
+    asyncio.run(scenario())
+    stored = app.store.query("SELECT kind, case_id, from_address, classification FROM inbound")
+    assert [(r["kind"], r["from_address"]) for r in stored] == [("human_reply", "pay@acme.example")]
+    events = "\n".join(str(e) for e in app.store.events())
+    assert "Lunch" not in events and "friend1@else.example" not in events  # not even logged
+    reviews = app.store.query("SELECT reason, intent FROM reviews")
+    assert [(r["reason"], r["intent"]) for r in reviews] == [("promises to pay", "promise_to_pay")]
+    assert app.store.verify_chain() is None
+
+
+def test_a_hard_bounce_moves_to_the_second_address(app: App, servers: LocalMailServers) -> None:
+    inbox = servers.mailbox_path(BILLING)
+
+    async def scenario() -> None:
+        office = Office(app)
+        await office.until_sent("pay@acme.example")
+        (first,) = sent_to(app, "pay@acme.example")
+        bounce = dsn(
+            outbox.raw(app.store, first), "pay@acme.example", "5.1.1",
+            "550 5.1.1 <pay@acme.example>: Recipient address rejected: User unknown", office.now,
+        )  # fmt: skip
+        deliver(inbox, bounce)
+        report = await office.sync()
+        assert report.stored == 1
+        await office.advance(2)
+        await office.close()
+
+    asyncio.run(scenario())
+    contacts = app.store.query("SELECT address, status FROM contacts WHERE debtor_id = 'D1'")
+    assert {r["address"]: r["status"] for r in contacts} == {
+        "pay@acme.example": "undeliverable",
+        "boss@acme.example": "active",
+    }
+    again = sent_to(app, "boss@acme.example")
+    (first,) = sent_to(app, "pay@acme.example")
+    assert len(again) == 1 and again[0].step == first.step  # the same reminder, next address
+    received = [m for m in servers.sink_messages() if "boss@acme.example" in m.rcpt_tos]
+    assert len(received) == 1 and b"To: boss@acme.example" in received[0].data
+
+
+def test_uidvalidity_change_resyncs_without_acting_twice(tmp_path: Path) -> None:
+    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
+    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    root = tmp_path / "servers"
+    with running_local_servers(root, users) as servers:
+        settings = load_settings(write_config(tmp_path, servers, grace_seconds=0))
+        app = App.open(settings)
+        ledger = tmp_path / "invoices.csv"
+        ledger.write_text(HEADER + LEDGER, encoding="utf-8")
+        import_invoices(app.store, parse_invoices(ledger), START, "x.csv", settings.profiles)
+        office = Office(app)
+
+        async def first() -> InboundReport:
+            await office.until_sent("admin@beta.example")
+            (sent,) = sent_to(app, "admin@beta.example")
+            deliver(
+                servers.mailbox_path(BILLING),
+                reply(
+                    sent.message_id,
+                    "admin@beta.example",
+                    "No reconocemos esta factura, es un error.",
+                    office.now,
+                ),
+            )
+            report = await office.sync()
+            await office.close()
+            return report
+
+        assert asyncio.run(first()).stored == 1
+        port = servers.imap_port
+    # The server loses its UID list (a restore, a migration): every UID is renumbered.
+    uidlist = servers.mailbox_path(BILLING) / "dovecot-uidlist"
+    assert uidlist.exists()
+    uidlist.unlink()
+    with running_local_servers(root, users, imap_port=port) as servers:
+        office = Office(app)
+        deliver(servers.mailbox_path(BILLING), personal_mail(2, office.now))
+        report = asyncio.run(office.sync())
+        assert report.resync == 1 and report.stored == 0 and report.duplicates == 1
+    assert [r["kind"] for r in app.store.query("SELECT kind FROM inbound")] == ["human_reply"]
+    assert case_row(app, "D2")[0] == "review"  # the dispute, acted on once
+    assert [e["kind"] for e in app.store.events() if e["kind"] == "mailbox_resync"] == [
+        "mailbox_resync"
+    ]
+    app.store.close()
