@@ -171,5 +171,7 @@ async def _close(
     for task in pending:
         task.cancel()
     for writer in list(writers):
-        writer.close()
+        # abort(), not close(): a server that stops drops its connections at once, as a
+        # restarted Dovecot does, so clients in IDLE see the end instead of a silent socket.
+        writer.transport.abort()
     await asyncio.gather(*pending, return_exceptions=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -19,8 +19,14 @@ from mailer.demo import IDENTITIES, write_config
 from mailer.flows.inbound import Inbound, InboundReport
 from mailer.flows.outbound import Outbound
 from mailer.ledger import parse_invoices
-from mailer.localservers import LocalMailServers, deliver, running_local_servers
+from mailer.localservers import (
+    LocalMailServers,
+    deliver,
+    running_local_servers,
+    start_local_servers,
+)
 from mailer.mailbox.imap import ImapMailbox
+from mailer.mailbox.watcher import Watcher
 from mailer.store import outbox
 from mailer.store.ledger import import_invoices
 
@@ -275,3 +281,69 @@ def test_uidvalidity_change_resyncs_without_acting_twice(tmp_path: Path) -> None
         "mailbox_resync"
     ]
     app.store.close()
+
+
+async def _until(condition: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    """Wait for something another task does; the limit only keeps a broken test from hanging."""
+    for _ in range(int(limit / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting: {what}")
+
+
+def _stored(app: App) -> int:
+    return int(app.store.conn.execute("SELECT count(*) FROM inbound").fetchone()[0])
+
+
+def test_the_watcher_idles_sees_replies_and_survives_a_server_restart(tmp_path: Path) -> None:
+    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
+    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    root = tmp_path / "servers"
+
+    async def scenario() -> None:
+        servers = await start_local_servers(root, users)
+        settings = load_settings(write_config(tmp_path, servers, grace_seconds=0))
+        app = App.open(settings)
+        ledger = tmp_path / "invoices.csv"
+        ledger.write_text(HEADER + LEDGER, encoding="utf-8")
+        import_invoices(app.store, parse_invoices(ledger), START, "x.csv", settings.profiles)
+        office = Office(app)
+        await office.until_sent("admin@beta.example")
+        await office.close()
+        beta, acme = sent_to(app, "admin@beta.example")[0], sent_to(app, "pay@acme.example")[0]
+        watcher = Watcher(
+            settings.identity("cobros"), office.inbound, make_box, lambda: office.now,
+            idle_seconds=120.0,
+        )  # fmt: skip
+        stopping = False
+        task = asyncio.ensure_future(watcher.run(lambda: stopping))
+        try:
+            await _until(lambda: watcher.passes >= 1 and watcher.connected, "first pass")
+            inbox = servers.mailbox_path(BILLING)
+            deliver(
+                inbox,
+                reply(
+                    beta.message_id, "admin@beta.example", "¿Me reenvían la factura?", office.now
+                ),
+            )
+            await _until(lambda: _stored(app) == 1, "the reply that arrived during IDLE")
+            # The server goes away mid-IDLE; mail keeps arriving; the server comes back.
+            port = servers.imap_port
+            await servers.stop()
+            deliver(
+                inbox,
+                reply(acme.message_id, "pay@acme.example", "Pagaremos el 30 de enero.", office.now),
+            )
+            servers = await start_local_servers(root, users, imap_port=port)
+            await _until(lambda: _stored(app) == 2, "the reply that arrived while it was down")
+        finally:
+            stopping = True
+            await task
+            await servers.stop()
+        assert watcher.passes >= 2 and not watcher.connected
+        assert case_row(app, "D1") == ("paused", "2026-02-01T23:00:00+00:00")
+        assert case_row(app, "D2") == ("paused", None)  # a question: a person answers it
+        app.store.close()
+
+    asyncio.run(scenario())

@@ -56,6 +56,16 @@ def _mapped(what: str) -> Iterator[None]:
         raise TemporaryError(f"IMAP {what}: {exc.__class__.__name__}: {exc}") from exc
 
 
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # A watcher sits in IDLE for many minutes: keepalives find a peer that vanished without a
+    # word (a NAT timeout, a crashed server) in about two minutes rather than never.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file)
     if not verify:
@@ -135,7 +145,7 @@ class ImapMailbox:
                 # imaplib writes an APPEND literal and its closing CRLF separately: with Nagle
                 # on, the second write waits for a delayed ACK (~40 ms per message).
                 with suppress(OSError, AttributeError):
-                    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    _tune(client.socket())
                 client.login(self.user, self._password)
         except BaseException:
             if client is not None:
@@ -327,14 +337,25 @@ class ImapMailbox:
             self._imap.select_folder(folder, readonly=True)
             self._imap.idle()
             try:
+                quick_empty = 0
                 while not stop():
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    responses = self._imap.idle_check(timeout=min(1.0, left))
+                    wait = min(1.0, left)
+                    began = time.monotonic()
+                    responses = self._imap.idle_check(timeout=wait)
                     if any(_is_change(r) for r in responses):
                         changed = True
                         break
+                    # imapclient swallows EOF inside idle_check and returns [] at once, forever:
+                    # an empty answer well before the timeout, again and again, is a dead line.
+                    if not responses and time.monotonic() - began < wait / 2:
+                        quick_empty += 1
+                        if quick_empty >= 3:
+                            raise imaplib.IMAP4.abort("socket error: EOF during IDLE")
+                    else:
+                        quick_empty = 0
             finally:
                 self._imap.idle_done()
         return changed
