@@ -1,13 +1,15 @@
-"""What staff decide: approve or cancel a held message, pause, resume or stop a case."""
+"""What staff decide: approve or cancel a held message; resume, stop or pause a case in review."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
-from mailer.domain.models import MessageState
+from mailer.domain.models import CaseStatus, MessageState
 from mailer.errors import MailerError
 from mailer.store import outbox
 from mailer.store.db import Store, iso
+from mailer.store.inbound import close_reviews
 
 
 def approve(store: Store, row_id: int, now: datetime, who: str) -> None:
@@ -53,3 +55,66 @@ def set_case_status(
             {"by": who, "reason": reason, "until": iso(paused_until) if paused_until else None},
             case_id=case_id,
         )
+
+
+class Resolution(StrEnum):
+    RESUME = "resume"
+    STOP = "stop"
+    PROMISE = "promise"
+
+
+def resolve(
+    store: Store,
+    case_id: int,
+    how: Resolution,
+    now: datetime,
+    who: str,
+    *,
+    until: datetime | None = None,
+    note: str = "",
+) -> int:
+    """A person's decision on a case in review: every open review item is closed by it.
+
+    ``resume`` sends the case back to its campaign now; ``stop`` ends automatic mail (queued
+    messages are withdrawn); ``promise`` pauses it until ``until``, then it resumes by itself.
+    Returns how many review items were closed.
+    """
+    if how is Resolution.PROMISE and until is None:
+        raise MailerError("a promise needs the date it runs to")
+    row = store.conn.execute(
+        "SELECT status FROM cases WHERE id = ? AND closed_at IS NULL", (case_id,)
+    ).fetchone()
+    if row is None:
+        raise MailerError(f"no open case {case_id}")
+    status, reason = {
+        Resolution.RESUME: (CaseStatus.ACTIVE, "resumed by staff"),
+        Resolution.STOP: (CaseStatus.STOPPED, "stopped by staff"),
+        Resolution.PROMISE: (CaseStatus.PAUSED, "promise recorded by staff"),
+    }[how]
+    if note:
+        reason = f"{reason}: {note}"
+    with store.transaction():
+        set_case_status(store, case_id, status.value, now, who, reason, until)
+        if how is not Resolution.RESUME:
+            for message in outbox.select(
+                store,
+                "case_id = ? AND state IN ('queued', 'deferred', 'awaiting_approval')",
+                (case_id,),
+            ):
+                outbox.move(
+                    store, message, MessageState.CANCELLED, now, "message_cancelled",
+                    {"by": who, "reason": reason},
+                )  # fmt: skip
+        if how is Resolution.PROMISE and until is not None:
+            store.conn.execute(
+                "UPDATE cases SET next_action_at = ? WHERE id = ?", (iso(until), case_id)
+            )
+        closed = close_reviews(store, case_id, f"{how.value} by {who}", now)
+        store.append_event(
+            now,
+            "case_resolved",
+            {"by": who, "how": how.value, "until": iso(until) if until else None,
+             "note": note, "reviews_closed": closed},
+            case_id=case_id,
+        )  # fmt: skip
+    return closed
