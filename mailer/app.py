@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -11,7 +11,18 @@ from typing import Any
 from mailer.config import Settings
 from mailer.domain.calendar import HolidayCalendar
 from mailer.domain.campaign import load_campaigns, profile_problems
-from mailer.domain.models import Action, Campaign, Case, DebtorKind, HistoryEntry, Identity, Step
+from mailer.domain.instalments import TEMPLATES, Instalment, split, steps_for, template_values
+from mailer.domain.models import (
+    ZERO,
+    Action,
+    Campaign,
+    Case,
+    ComplianceProfile,
+    DebtorKind,
+    HistoryEntry,
+    Identity,
+    Step,
+)
 from mailer.domain.money import rate_on
 from mailer.domain.planner import plan
 from mailer.domain.policy import effective_policy, profile_for
@@ -44,7 +55,15 @@ class Rules:
                 continue
             problems.extend(profile_problems(campaign, profile))
         templates = TemplateSet(settings.templates_dir)
-        problems.extend(check_templates(templates, campaigns, sample_contexts(settings, campaigns)))
+        cases = _representative(sample_cases(settings))
+        problems.extend(
+            check_templates(
+                templates,
+                campaigns,
+                sample_contexts(settings, campaigns, cases),
+                instalment_contexts(settings, cases),
+            )
+        )
         if problems:
             raise ConfigError(problems)
         return cls(campaigns, templates)
@@ -58,6 +77,7 @@ class App:
     store: Store
     rules: Rules
     _calendars: dict[tuple[str, str | None], HolidayCalendar] = field(default_factory=dict)
+    _campaigns: dict[str, tuple[Rules, ComplianceProfile, Campaign]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings, *, database: Path | None = None) -> App:
@@ -74,8 +94,14 @@ class App:
     def campaign_for(self, case: Case) -> Campaign:
         """The debtor's campaign, its policy clamped to the debtor's compliance profile."""
         profile = profile_for(case.debtor, self.settings.profiles)
-        campaign = self.rules.campaigns[profile.campaign]
-        return replace(campaign, policy=effective_policy(campaign.policy, profile))
+        # Clamped once per profile, not once per case (~10 µs, as much as planning the case),
+        # and again only when a reload has swapped the rules or the settings.
+        cached = self._campaigns.get(profile.name)
+        if cached is None or cached[0] is not self.rules or cached[1] is not profile:
+            campaign = self.rules.campaigns[profile.campaign]
+            clamped = replace(campaign, policy=effective_policy(campaign.policy, profile))
+            cached = self._campaigns[profile.name] = (self.rules, profile, clamped)
+        return cached[2]
 
     def plan(self, case: Case, history: list[HistoryEntry], now: datetime) -> Action:
         calendar = self.calendar(case.debtor.country, case.debtor.region)
@@ -88,13 +114,15 @@ class App:
         identity: Identity,
         now: datetime,
         previous: list[PreviousMessage] | None = None,
+        instalment: Mapping[str, Any] | None = None,
     ) -> RenderedEmail:
         profile = profile_for(case.debtor, self.settings.profiles)
         line = opt_out_line(case.debtor.lang) if profile.opt_out_line else None
         today = now.astimezone(UTC).date()
         context = build_context(
-            case, step, self.settings.creditor, identity, today, previous or [], opt_out=line
-        )
+            case, step, self.settings.creditor, identity, today, previous or [], opt_out=line,
+            instalment=instalment,
+        )  # fmt: skip
         return render(
             self.rules.templates, case.debtor.lang, step.template, context, opt_out_line=line
         )
@@ -116,7 +144,7 @@ def sample_cases(settings: Settings) -> Iterator[Case]:
     store.close()
 
 
-def _representative(cases: Iterator[Case]) -> list[Case]:
+def _representative(cases: Iterable[Case]) -> list[Case]:
     """Per language and debtor kind: the case with most invoices and one with a single invoice."""
     chosen: dict[tuple[str, str, bool], Case] = {}
     for case in cases:
@@ -127,14 +155,16 @@ def _representative(cases: Iterator[Case]) -> list[Case]:
     return list(chosen.values())
 
 
-def sample_contexts(settings: Settings, campaigns: dict[str, Campaign]) -> Iterator[dict[str, Any]]:
+def sample_contexts(
+    settings: Settings, campaigns: dict[str, Campaign], cases: Iterable[Case] | None = None
+) -> Iterator[dict[str, Any]]:
     """One context per representative sample case: every template meets real data shapes.
 
     Contexts differ by step only in the step's own values, so one step per case suffices;
     the check renders every template against every context anyway.
     """
     identity = settings.identities[0]
-    for case in _representative(sample_cases(settings)):
+    for case in _representative(sample_cases(settings)) if cases is None else cases:
         profile = profile_for(case.debtor, settings.profiles)
         campaign = campaigns.get(profile.campaign)
         if campaign is None or not campaign.steps:
@@ -142,6 +172,34 @@ def sample_contexts(settings: Settings, campaigns: dict[str, Campaign]) -> Itera
         line = opt_out_line(case.debtor.lang) if profile.opt_out_line else None
         step = campaign.steps[-1]
         yield build_context(case, step, settings.creditor, identity, date(2026, 6, 1), opt_out=line)
+
+
+def instalment_contexts(
+    settings: Settings, cases: Iterable[Case]
+) -> dict[str, list[dict[str, Any]]]:
+    """Contexts for the instalment templates: each case's balance in 3 monthly instalments.
+
+    Each template meets the first instalment with nothing paid, and the third with arrears.
+    """
+    identity = settings.identities[0]
+    today = date(2026, 6, 1)
+    contexts: dict[str, list[dict[str, Any]]] = {name: [] for name in TEMPLATES}
+    for case in cases:
+        try:
+            schedule = split(case.balance, 3, today, 30)
+        except ValueError:
+            continue  # a sample case too small to split says nothing about the templates
+        plan = [Instalment(n, due, amount, today) for n, due, amount in schedule]
+        profile = profile_for(case.debtor, settings.profiles)
+        line = opt_out_line(case.debtor.lang) if profile.opt_out_line else None
+        for seq, paid in ((1, ZERO), (3, plan[0].amount)):
+            values = template_values(plan, seq, paid)
+            for step in steps_for(seq):
+                context = build_context(
+                    case, step, settings.creditor, identity, today, opt_out=line, instalment=values
+                )
+                contexts[step.template].append(context)
+    return contexts
 
 
 def rate_warnings(today: date) -> list[str]:

@@ -16,13 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mailer.app import App, Rules, rate_warnings
+from mailer.cli_cases import COMMANDS
+from mailer.cli_evidence import evidence
 from mailer.config import Settings, find_config, load_settings
 from mailer.domain.calendar import zone
 from mailer.domain.models import Case, SendStep
 from mailer.domain.money import late_interest
 from mailer.domain.planner import simulate
 from mailer.errors import ConfigError, MailerError
-from mailer.ledger import parse_invoices, parse_payments
+from mailer.ledger import parse_payments, read_invoices
 from mailer.store.ledger import import_invoices, import_payments, load_cases, load_history
 
 console = Console(highlight=False)
@@ -104,9 +106,9 @@ def import_() -> None:
 def import_invoices_cmd(obj: Ctx, path: Path) -> None:
     """Upsert invoices and debtors from PATH (see README for the columns)."""
     settings = obj.settings()
-    rows = parse_invoices(path)
     app = App.open(settings)
-    report = import_invoices(app.store, rows, obj.now, str(path), settings.profiles)
+    # Streamed: checked and stored in one transaction, so a refused file imports nothing.
+    report = import_invoices(app.store, read_invoices(path), obj.now, str(path), settings.profiles)
     console.print(
         f"{path}: {report.rows} rows — {report.added} new, {report.changed} changed, "
         f"{report.unchanged} unchanged invoices; {report.debtors_added} new debtors; "
@@ -325,6 +327,10 @@ def approve(obj: Ctx, message_ids: tuple[int, ...], who: str) -> None:
         approve_message(app.store, message_id, obj.now, who)
         console.print(f"message {message_id} approved: it goes out at the next tick")
 
+
+main.add_command(evidence)
+for command in COMMANDS:
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

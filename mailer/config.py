@@ -40,10 +40,16 @@ IDENTITY_KEYS = {
 PROFILE_KEYS = {"campaign", "earliest", "latest", "max_per_30_days", "min_gap_days", "opt_out_line"}
 STORAGE_KEYS = {"database", "evidence_dir"}
 PATH_KEYS = {"campaigns", "templates"}
-TOP_KEYS = {"creditor", "identities", "storage", "paths", "profiles", "daemon", "inbound"}
+TOP_KEYS = {
+    "creditor", "identities", "storage", "paths", "profiles", "daemon", "inbound", "evidence",
+}  # fmt: skip
 INBOUND_KEYS = {
     "folders", "lookback_days", "promise_grace_days", "soft_bounce_limit", "soft_retry_hours",
-    "idle_seconds", "poll_seconds", "bounce_folder",
+    "idle_seconds", "poll_seconds",
+}  # fmt: skip
+EVIDENCE_KEYS = {
+    "tsa_url", "tsa_ca_file", "tsa_certs_file", "timestamp_interval_hours", "tsa_timeout_seconds",
+    "business_lang", "block_after_years", "purge_after_years",
 }  # fmt: skip
 DAEMON_KEYS = {
     "interval_seconds", "shutdown_timeout_seconds", "retry_deadline_hours", "reconcile_grace_seconds",
@@ -66,7 +72,22 @@ class InboundSettings:
     soft_retry_hours: float = 24.0  # a soft bounce sends the same reminder again after this
     idle_seconds: float = 25 * 60.0  # IDLE is re-issued before the server's 29-minute limit
     poll_seconds: float = 60.0  # without IDLE, look this often
-    bounce_folder: str | None = None  # opt-in: move handled bounces here (never replies)
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceSettings:
+    """RFC 3161 time-stamps of the event chain, the export's languages, and retention."""
+
+    tsa_url: str | None = None  # a time-stamping authority (RFC 3161 over HTTP); None: no stamps
+    tsa_ca_file: Path | None = None  # required with tsa_url: the CA its tokens are checked against
+    tsa_certs_file: Path | None = None  # the TSA's own and intermediate certificates, if not sent
+    timestamp_interval_hours: float = 24.0  # stamp the chain head this often, if it moved
+    tsa_timeout_seconds: float = 30.0
+    business_lang: str = "es"  # the export's report comes in this and the debtor's language
+    # LOPDGDD art. 32: once a case is closed its data is blocked (kept only for claims and
+    # courts), and purged when claims are time-barred (Código de Comercio art. 30: 6 years).
+    block_after_years: int = 0
+    purge_after_years: int = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +105,7 @@ class Settings:
     retry_deadline_hours: float = 72.0  # a message still deferred after this has failed
     reconcile_grace_seconds: float = 120.0  # wait this long for the receipt copy to arrive
     inbound: InboundSettings = InboundSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
 
     def identity(self, name: str) -> Identity:
         for ident in self.identities:
@@ -140,6 +162,8 @@ def load_settings(path: Path) -> Settings:
     paths = _table(src, data, "paths", PATH_KEYS)
     daemon = _table(src, data, "daemon", DAEMON_KEYS)
     inbound = _inbound(src, _table(src, data, "inbound", INBOUND_KEYS))
+    country = creditor.country if creditor else ""
+    evidence = _evidence(src, _table(src, data, "evidence", EVIDENCE_KEYS), base, country)
     src.raise_if_problems()
     assert creditor is not None
     return Settings(
@@ -156,7 +180,48 @@ def load_settings(path: Path) -> Settings:
         retry_deadline_hours=float(daemon.get("retry_deadline_hours", 72.0)),
         reconcile_grace_seconds=float(daemon.get("reconcile_grace_seconds", 120.0)),
         inbound=inbound,
+        evidence=evidence,
     )
+
+
+def _evidence(src: TomlSource, table: dict[str, Any], base: Path, country: str) -> EvidenceSettings:
+    where = "evidence"
+    default = EvidenceSettings()
+    values: dict[str, Any] = {"business_lang": "es" if country in ("", "ES") else "en"}
+    url = _str(src, table, where, "tsa_url", False)
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        src.problem("tsa_url must be an http:// or https:// address", where, "tsa_url")
+    values["tsa_url"] = url
+    for key in ("tsa_ca_file", "tsa_certs_file"):
+        name = _str(src, table, where, key, False)
+        if name is None:
+            continue
+        path = (base / name).resolve()
+        if not path.is_file():
+            src.problem(f"{key}: no file {path}", where, key)
+        values[key] = path
+    if url and "tsa_ca_file" not in values:
+        src.problem("tsa_url needs tsa_ca_file: a time-stamp no one can check proves little", where)
+    for key in ("timestamp_interval_hours", "tsa_timeout_seconds"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            src.problem(f"{key} must be a number > 0", where, key)
+        else:
+            values[key] = float(value)
+    lang = table.get("business_lang", values["business_lang"])
+    if lang not in ("es", "en"):
+        src.problem("business_lang must be es or en", where, "business_lang")
+    else:
+        values["business_lang"] = lang
+    for key in ("block_after_years", "purge_after_years"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            src.problem(f"{key} must be a whole number of years >= 0", where, key)
+        else:
+            values[key] = value
+    if values.get("purge_after_years", 6) < values.get("block_after_years", 0):
+        src.problem("purge_after_years may not come before block_after_years", where)
+    return EvidenceSettings(**values)
 
 
 def _inbound(src: TomlSource, table: dict[str, Any]) -> InboundSettings:
@@ -183,11 +248,6 @@ def _inbound(src: TomlSource, table: dict[str, Any]) -> InboundSettings:
             values[key] = float(value)
     if values.get("idle_seconds", 0) > 29 * 60:
         src.problem("idle_seconds must stay under 29 minutes (RFC 2177)", "inbound", "idle_seconds")
-    folder = table.get("bounce_folder")
-    if folder is not None and (not isinstance(folder, str) or not folder.strip()):
-        src.problem("bounce_folder must be a folder name", "inbound", "bounce_folder")
-    elif folder is not None:
-        values["bounce_folder"] = folder
     return InboundSettings(**values)
 
 

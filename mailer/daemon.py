@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 from mailer.app import App
 from mailer.config import Settings, read_secret
 from mailer.domain.models import Identity
+from mailer.errors import MailerError
+from mailer.evidence import tsa
 from mailer.flows.inbound import Inbound
+from mailer.flows.instalments import Instalments
 from mailer.flows.outbound import MailboxPort, Outbound, TickReport
 from mailer.mailbox.imap import ImapMailbox
 from mailer.mailbox.watcher import Watcher
@@ -100,9 +103,31 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
 
+    async def _timestamp(self, now: datetime, report: TickReport) -> None:
+        """RFC 3161 stamp of the chain head when due; the TSA is asked from a worker thread."""
+        settings = self.app.settings
+        try:
+            head = tsa.due_head(self.app.store, settings, now)
+            if head is None:
+                return
+            token, info = await asyncio.to_thread(tsa.fetch_token, settings, head[1])
+            tsa.record_token(self.app.store, settings, now, head, token, info)
+        except MailerError as exc:  # an unreachable TSA is retried at the next tick
+            log.warning("time-stamping the event chain failed: %s", exc)
+            report.errors.append(f"timestamp: {exc}")
+
     async def tick(self) -> TickReport:
         now = self.clock()
         report = await self.outbound.tick(now, stop=lambda: self.stopping)
+        if not self.stopping:
+            # Cases on an instalment plan: their reminders are stored now, sent next tick.
+            try:
+                report.planned += Instalments(self.app).tick(now)
+            except Exception as exc:
+                log.exception("instalment pass failed")
+                report.errors.append(f"instalments: {exc}")
+        if not self.stopping:
+            await self._timestamp(now, report)
         self.ticks += 1
         self.last_report = report
         if report.planned or report.sent or report.deferred or report.failed or report.errors:

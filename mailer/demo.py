@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -16,12 +17,14 @@ from rich.table import Table
 
 from mailer.app import App
 from mailer.config import load_settings
-from mailer.daemon import Daemon, build_transports, open_mailbox
+from mailer.daemon import Daemon, build_transports, build_watchers, make_box, open_mailbox
+from mailer.demo_debtors import DemoDebtors
 from mailer.domain.calendar import zone
 from mailer.flows.outbound import Outbound
 from mailer.flows.staff import approve
 from mailer.ledger import PaymentRow, parse_invoices, parse_payments
 from mailer.localservers import LocalMailServers, running_local_servers
+from mailer.mailbox.imap import ImapMailbox
 from mailer.sample import SAMPLE_DIR
 from mailer.store import outbox
 from mailer.store.ledger import import_invoices, import_payments
@@ -93,16 +96,27 @@ reconcile_grace_seconds = {grace_seconds}
 
 
 async def _simulate(
-    app: App, daemon: Daemon, payments: list[PaymentRow], days: int, step: timedelta
+    app: App,
+    daemon: Daemon,
+    payments: list[PaymentRow],
+    days: int,
+    step: timedelta,
+    debtors: DemoDebtors,
+    boxes: dict[str, ImapMailbox],
 ) -> int:
-    """Advance the clock tick by tick: payments arrive on their dates, staff approve held steps."""
+    """Advance the clock tick by tick: payments arrive on their dates, staff approve held steps,
+    scripted debtors answer, and the watchers read each mailbox after every tick."""
     end = START + timedelta(days=days)
     pending = sorted(payments, key=lambda p: p.payment.paid_on)
     clock = START
     daemon.clock = lambda: clock
+    watchers = build_watchers(app, lambda: clock)
     sent = 0
     while clock < end:
         clock += step
+        debtors.react(clock)
+        for watcher in watchers:
+            await watcher.one_pass(boxes[watcher.identity.name], lambda: False)
         arrived = [p for p in pending if p.payment.paid_on <= clock.date()]
         if arrived:
             pending = pending[len(arrived) :]
@@ -145,9 +159,13 @@ def run_demo(
         )
         payments = parse_payments(SAMPLE_DIR / "payments.csv")
         daemon = Daemon(app, Outbound(app, build_transports(settings), open_mailbox), interval=0)
+        debtors = DemoDebtors(servers)
         with console.status(f"simulating {days} days, one tick per {step_minutes} minutes…"):
-            sent = asyncio.run(_run(app, daemon, payments, days, timedelta(minutes=step_minutes)))
+            sent = asyncio.run(
+                _run(app, daemon, payments, days, timedelta(minutes=step_minutes), debtors)
+            )
         _timeline(app, console)
+        _arrivals(app, console)
         accepted = len(servers.sink_messages())
         copies = _count_sent_copies(servers)
         chain_ok = app.store.verify_chain() is None
@@ -163,11 +181,21 @@ def run_demo(
 
 
 async def _run(
-    app: App, daemon: Daemon, payments: list[PaymentRow], days: int, step: timedelta
+    app: App,
+    daemon: Daemon,
+    payments: list[PaymentRow],
+    days: int,
+    step: timedelta,
+    debtors: DemoDebtors,
 ) -> int:
+    boxes = {i.name: make_box(i) for i in app.settings.identities}
     try:
-        return await _simulate(app, daemon, payments, days, step)
+        for box in boxes.values():
+            await asyncio.to_thread(box.connect)
+        return await _simulate(app, daemon, payments, days, step, debtors, boxes)
     finally:
+        for box in boxes.values():
+            await asyncio.to_thread(box.close)
         for transport in daemon.outbound.transports.values():
             await transport.close()
 
@@ -208,3 +236,34 @@ def _timeline(app: App, console: Console) -> None:
             str(case_id), name, f"{lang}/{kind}", " → ".join(per_case[case_id]) or "—", outcome
         )
     console.print(table)
+
+
+def _arrivals(app: App, console: Console) -> None:
+    rows = app.store.conn.execute(
+        "SELECT i.received_at, i.case_id, d.name, i.kind, i.classification, k.status,"
+        " k.status_reason FROM inbound i LEFT JOIN cases k ON k.id = i.case_id"
+        " LEFT JOIN debtors d ON d.id = k.debtor_id ORDER BY i.id"
+    ).fetchall()
+    if not rows:
+        return
+    tz = zone(app.settings.creditor.timezone)
+    table = Table(title="What arrived in the mailbox and what mailer did (business time)")
+    for column in ("when", "case", "debtor", "what", "case now"):
+        table.add_column(column, overflow="fold")
+    for at, case_id, name, kind, data, status, reason in rows:
+        c = json.loads(data) if data else {}
+        what = kind + (f" ({c['intent']})" if c.get("intent") else "")
+        if c.get("return_date"):
+            what += f", back {c['return_date']}"
+        for r in c.get("recipients", []) if kind == "bounce" else []:
+            what += f": {r['address']} {r['reason']}"
+        local = datetime.fromisoformat(at).astimezone(tz)
+        table.add_row(
+            f"{local:%d/%m %H:%M}", str(case_id or "—"), name or "—", what,
+            status if not reason else f"{status}: {reason}",
+        )  # fmt: skip
+    console.print(table)
+    waiting = app.store.conn.execute(
+        "SELECT count(*) FROM reviews WHERE resolved_at IS NULL"
+    ).fetchone()[0]
+    console.print(f"review queue: {waiting} item(s) for a person (`mailer review`)")

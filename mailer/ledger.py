@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import hashlib
 import itertools
 import re
 from collections import Counter
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,14 +22,17 @@ from mailer.domain.calendar import timezone_for
 from mailer.domain.models import Contact, Debtor, DebtorKind, Invoice, Payment
 from mailer.domain.money import parse_amount
 from mailer.errors import ImportRefusedError
+from mailer.slots import slot_constructor
 
 INVOICE_REQUIRED = (
     "invoice_number", "debtor_id", "debtor_name", "debtor_emails", "debtor_lang",
     "debtor_kind", "country", "currency", "amount", "issue_date", "due_date",
 )  # fmt: skip
 INVOICE_OPTIONAL = ("region", "invoice_pdf", "payment_link")
+INVOICE_COLUMNS = INVOICE_REQUIRED + INVOICE_OPTIONAL
 PAYMENT_REQUIRED = ("invoice_number", "date", "amount")
 PAYMENT_OPTIONAL = ("reference",)
+PAYMENT_COLUMNS = PAYMENT_REQUIRED + PAYMENT_OPTIONAL
 LANGS = ("es", "en")
 MAX_PROBLEMS = 200  # a wholly wrong file should not print a million lines
 
@@ -67,14 +72,18 @@ class _Problems:
             raise ImportRefusedError(self.items)
 
 
-def _rows(
+def _records(
     path: Path, required: tuple[str, ...], optional: tuple[str, ...], problems: _Problems
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """Stripped records by column name with the line each starts on, read as a stream."""
+) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Stripped records with the line each starts on, read as a stream.
+
+    Values come in the order ``required + optional`` whatever the file's column order; an
+    optional column the file lacks reads as "".
+    """
     try:
         # utf-8-sig: Excel writes a BOM. Streamed, so a large ledger is never all in memory.
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            yield from _records(handle, required, optional, problems)
+            yield from _read_records(handle, required, optional, problems)
     except OSError as exc:
         problems.add(0, f"cannot read: {exc.strerror}")
     except UnicodeDecodeError:
@@ -92,9 +101,9 @@ def _first_bad_byte(path: Path) -> tuple[int, int]:
     return 0, 0
 
 
-def _records(
+def _read_records(
     handle: TextIO, required: tuple[str, ...], optional: tuple[str, ...], problems: _Problems
-) -> Iterator[tuple[int, dict[str, str]]]:
+) -> Iterator[tuple[int, tuple[str, ...]]]:
     # Spreadsheets in Spanish locales export with ';' (the comma is the decimal separator).
     first = handle.readline()
     dialect = _Semicolon if ";" in first and "," not in first else csv.excel
@@ -116,6 +125,9 @@ def _records(
     if missing or unknown:
         return
     width = len(header)
+    # An absent optional column reads the "" appended to every record at index ``width``.
+    pick = itemgetter(*(header.index(c) if c in header else width for c in required + optional))
+    strip = str.strip
     while True:
         line = reader.line_num + 1  # where the record starts (a quoted field may span lines)
         try:
@@ -127,14 +139,12 @@ def _records(
             return
         if not record:
             continue  # csv.DictReader skipped empty records too
-        if len(record) > width:
-            problems.add(line, "more fields than columns")
+        if len(record) != width:
+            problems.add(line, f"{'more' if len(record) > width else 'fewer'} fields than columns")
             continue
-        if len(record) < width:
-            problems.add(line, "fewer fields than columns")
-            continue
-        values = dict(zip(header, map(str.strip, record), strict=True))
-        if not any(values.values()):
+        record.append("")
+        values = tuple(map(strip, pick(record)))
+        if not any(values):
             continue  # blank lines at the end of exported sheets
         yield line, values
 
@@ -162,11 +172,13 @@ def _amount(value: str, line: int, problems: _Problems) -> Decimal | None:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _one_line(values: dict[str, str], line: int, problems: _Problems) -> bool:
+def _one_line(
+    values: tuple[str, ...], columns: tuple[str, ...], line: int, problems: _Problems
+) -> bool:
     """No line breaks or control characters: a value may end up in an email header."""
-    if _CONTROL.search("".join(values.values())) is None:  # one scan for the usual clean row
+    if _CONTROL.search("".join(values)) is None:  # one scan for the usual clean row
         return True
-    for column, value in values.items():
+    for column, value in zip(columns, values, strict=True):
         if _CONTROL.search(value):
             problems.add(line, f"{column} contains a line break or control character")
     return False
@@ -209,83 +221,140 @@ def collector_paused() -> Iterator[None]:
 
 
 def parse_invoices(path: Path) -> list[InvoiceRow]:
-    """Every row of an invoices CSV, or ImportRefusedError listing every bad row."""
+    """Every row of an invoices CSV, or ImportRefusedError listing every bad row.
+
+    Holds the whole file, for a small ledger; ``mailer import`` streams ``read_invoices``.
+    """
     with collector_paused():
-        return _parse_invoices(path)
+        return list(read_invoices(path))
 
 
-def _parse_invoices(path: Path) -> list[InvoiceRow]:
+def read_invoices(path: Path) -> Iterator[InvoiceRow]:
+    """The valid rows of an invoices CSV as a stream, in file order.
+
+    Every row is validated on the way; once the file is read, ImportRefusedError lists every
+    bad row as ``file:line`` (so whoever stores rows while reading does it in a transaction).
+    Between rows only what checks across rows need is kept: the line of each invoice number
+    and a digest of each debtor's details, never the rows. Memory stays flat however long the
+    file is, but for those two.
+    """
     problems = _Problems(path)
-    result: list[InvoiceRow] = []
-    first_line: dict[str, int] = {}
-    debtor_seen: dict[str, tuple[int, Debtor]] = {}
+    yield from _invoice_rows(path, problems)
+    problems.raise_if_any()
+
+
+_new_invoice = slot_constructor(Invoice)
+_new_row = slot_constructor(InvoiceRow)
+
+# Column positions in the order _records gives them: INVOICE_REQUIRED, then INVOICE_OPTIONAL.
+(_NUMBER, _DEBTOR_ID, _NAME, _EMAILS, _LANG, _KIND, _COUNTRY, _CURRENCY, _AMOUNT, _ISSUE, _DUE,
+ _REGION, _PDF, _LINK) = range(len(INVOICE_REQUIRED) + len(INVOICE_OPTIONAL))  # fmt: skip
+_DEBTOR_COLUMNS = itemgetter(_DEBTOR_ID, _NAME, _EMAILS, _LANG, _KIND, _COUNTRY, _REGION)
+
+
+def _invoice_rows(path: Path, problems: _Problems) -> Iterator[InvoiceRow]:
+    first_line: dict[str, int] = {}  # invoice number -> its line: duplicates name the first
+    debtor_seen: dict[str, tuple[int, bytes]] = {}  # debtor id -> (first line, digest)
     places = _Places()
-    # Equal values share one object (dates, currencies, names, the Debtor itself): 300k rows
-    # of a few hundred debtors' worth of distinct values then fit in a fraction of the memory.
+    dates: dict[str, date | None] = {}
+    currencies: dict[str, str | None] = {}
+    # Equal values share one object (dates, currencies, languages, places): rows that are
+    # kept (a small ledger parsed whole) then take a fraction of the memory.
     shared: dict[object, Any] = {}
     share = shared.setdefault
     # A ledger lists a debtor's invoices together: the same debtor columns as the row before
     # are the same, already validated, Debtor.
     last_raw: tuple[str, ...] = ()
     last_debtor: Debtor | None = None
-    for line, v in _rows(path, INVOICE_REQUIRED, INVOICE_OPTIONAL, problems):
-        ok = _one_line(v, line, problems)
-        for column in INVOICE_REQUIRED:
-            if not v[column]:
-                problems.add(line, f"{column} is empty")
-                ok = False
+    rows = 0
+    for line, v in _records(path, INVOICE_REQUIRED, INVOICE_OPTIONAL, problems):
+        ok = _one_line(v, INVOICE_COLUMNS, line, problems)
+        if not all(v[: len(INVOICE_REQUIRED)]):
+            for column, value in zip(INVOICE_REQUIRED, v, strict=False):
+                if not value:
+                    problems.add(line, f"{column} is empty")
+            ok = False
         if not ok:
             continue
-        number = v["invoice_number"]
+        number = v[_NUMBER]
         if number in first_line:
             problems.add(line, f"invoice {number} already on line {first_line[number]}")
             continue
         first_line[number] = line
-        raw = (
-            v["debtor_id"], v["debtor_name"], v["debtor_emails"], v["debtor_lang"],
-            v["debtor_kind"], v["country"], v.get("region", ""),
-        )  # fmt: skip
+        raw = _DEBTOR_COLUMNS(v)
         debtor = last_debtor if raw == last_raw else _debtor(v, line, problems, places, share)
-        currency = v["currency"].upper()
-        if len(currency) != 3 or not currency.isalpha():
-            problems.add(line, f"currency {v['currency']!r} is not an ISO 4217 code")
+        currency = currencies.get(v[_CURRENCY], "")
+        if currency == "":
+            currency = currencies[v[_CURRENCY]] = _currency(v[_CURRENCY])
+        if currency is None:
+            problems.add(line, f"currency {v[_CURRENCY]!r} is not an ISO 4217 code")
             ok = False
-        amount = _amount(v["amount"], line, problems)
-        issued = _date(v["issue_date"], "issue_date", line, problems)
-        due = _date(v["due_date"], "due_date", line, problems)
+        amount = _amount(v[_AMOUNT], line, problems)
+        issued = dates.get(v[_ISSUE]) or _cached_date(
+            dates, v[_ISSUE], "issue_date", line, problems
+        )
+        due = dates.get(v[_DUE]) or _cached_date(dates, v[_DUE], "due_date", line, problems)
         if issued and due and due < issued:
             problems.add(line, "due_date is before issue_date")
             ok = False
         if not ok or debtor is None or amount is None or issued is None or due is None:
             last_raw, last_debtor = (), None
             continue
-        last_raw, last_debtor = raw, debtor
-        seen = debtor_seen.get(debtor.id)
-        if seen is None:
-            debtor_seen[debtor.id] = (line, debtor)
-        elif seen[1] is not debtor:
-            if seen[1] != debtor:
+        if debtor is not last_debtor:
+            digest = _digest(debtor)
+            seen = debtor_seen.get(debtor.id)
+            if seen is None:
+                debtor_seen[debtor.id] = (line, digest)
+            elif seen[1] != digest:
                 problems.add(
                     line,
                     f"debtor {debtor.id} differs from line {seen[0]}"
                     " (name, emails, language, kind or country)",
                 )
+                last_raw, last_debtor = (), None
                 continue
-            debtor = last_debtor = seen[1]
-        invoice = Invoice(
-            number=number, debtor_id=debtor.id, currency=share(currency, currency), amount=amount,
-            issue_date=share(issued, issued), due_date=share(due, due),
-            pdf_path=v.get("invoice_pdf") or None, payment_link=v.get("payment_link") or None,
-        )  # fmt: skip
-        result.append(InvoiceRow(line, debtor, invoice))
-    problems.raise_if_any()
-    if not result:
-        raise ImportRefusedError([f"{path}:1: no invoice rows"])
-    return result
+        last_raw, last_debtor = raw, debtor
+        # Invoice(number, debtor_id, currency, amount, issue_date, due_date, pdf_path,
+        # payment_link), built at half the cost of its __init__: this runs once per row.
+        invoice = _new_invoice(
+            number, debtor.id, currency, amount, issued, due, v[_PDF] or None, v[_LINK] or None
+        )
+        rows += 1
+        yield _new_row(line, debtor, invoice)
+    if not rows and not problems.items:
+        problems.add(1, "no invoice rows")
+
+
+def _currency(text: str) -> str | None:
+    currency = text.upper()
+    return currency if len(currency) == 3 and currency.isalpha() else None
+
+
+def _cached_date(
+    dates: dict[str, date | None], value: str, column: str, line: int, problems: _Problems
+) -> date | None:
+    """A ledger has few distinct dates and many rows: each is parsed once (and shared)."""
+    if value in dates:
+        found = dates[value]
+        if found is None:
+            problems.add(line, f"{column} {value!r} is not a date (YYYY-MM-DD)")
+        return found
+    found = dates[value] = _date(value, column, line, problems)
+    return found
+
+
+def _digest(debtor: Debtor) -> bytes:
+    """What must agree between rows of one debtor, in 16 bytes instead of the whole Debtor."""
+    # No value holds a line break (checked first), so joining by one is unambiguous.
+    text = "\n".join(
+        (debtor.name, debtor.kind.value, debtor.lang, debtor.country, debtor.region or "",
+         debtor.timezone, *(c.address for c in debtor.contacts))
+    )  # fmt: skip
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def _debtor(
-    v: dict[str, str],
+    v: tuple[str, ...],
     line: int,
     problems: _Problems,
     places: _Places,
@@ -293,21 +362,21 @@ def _debtor(
 ) -> Debtor | None:
     """The row's debtor, or None after reporting what is wrong with it."""
     ok = True
-    addresses = [a.strip() for a in v["debtor_emails"].split(";") if a.strip()]
+    addresses = [a.strip() for a in v[_EMAILS].split(";") if a.strip()]
     bad = [a for a in addresses if not is_address(a)]
     if bad or not addresses:
         problems.add(line, f"debtor_emails: not an email address: {', '.join(bad) or '(none)'}")
         ok = False
-    lang = v["debtor_lang"].lower()
+    lang = v[_LANG].lower()
     if lang not in LANGS:
-        problems.add(line, f"debtor_lang {v['debtor_lang']!r} must be one of {', '.join(LANGS)}")
+        problems.add(line, f"debtor_lang {v[_LANG]!r} must be one of {', '.join(LANGS)}")
         ok = False
-    kind = _KINDS.get(v["debtor_kind"].lower())
+    kind = _KINDS.get(v[_KIND].lower())
     if kind is None:
-        problems.add(line, f"debtor_kind {v['debtor_kind']!r} must be business or consumer")
+        problems.add(line, f"debtor_kind {v[_KIND]!r} must be business or consumer")
         ok = False
-    country = v["country"].upper()
-    region = v.get("region", "").upper() or None
+    country = v[_COUNTRY].upper()
+    region = v[_REGION].upper() or None
     try:
         tz = places.timezone(country, region)
     except ValueError as exc:
@@ -317,9 +386,8 @@ def _debtor(
         return None
     # Keep the address order: the first one is the main contact.
     contacts = tuple(Contact(a) for a in dict.fromkeys(a.lower() for a in addresses))
-    name = v["debtor_name"]
     return Debtor(
-        id=v["debtor_id"], name=share(name, name), kind=kind, lang=share(lang, lang),
+        id=v[_DEBTOR_ID], name=v[_NAME], kind=kind, lang=share(lang, lang),
         country=share(country, country), region=share(region, region), timezone=tz,
         contacts=contacts,
     )  # fmt: skip
@@ -339,9 +407,10 @@ def parse_payments(path: Path) -> list[PaymentRow]:
     result: list[PaymentRow] = []
     ordinal: Counter[tuple[str, str, str]] = Counter()
     references: dict[str, int] = {}
-    for line, v in _rows(path, PAYMENT_REQUIRED, PAYMENT_OPTIONAL, problems):
-        if not _one_line(v, line, problems):
+    for line, values in _records(path, PAYMENT_REQUIRED, PAYMENT_OPTIONAL, problems):
+        if not _one_line(values, PAYMENT_COLUMNS, line, problems):
             continue
+        v = dict(zip(PAYMENT_COLUMNS, values, strict=True))
         if not v["invoice_number"]:
             problems.add(line, "invoice_number is empty")
             continue

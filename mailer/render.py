@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import traceback
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from jinja2 import (
     TemplateSyntaxError,
     Undefined,
     UndefinedError,
+    nodes,
     select_autoescape,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -257,6 +258,9 @@ def _syntax_problems(templates: TemplateSet, lang: str) -> tuple[list[str], set[
                 if _UNESCAPE_RE.search(line):
                     problems.append(f"{path}:{lineno}: HTML escaping must stay on (no |safe)")
             env.get_template(name)
+            problems.extend(
+                f"{path}:{line}: {_NEVER_SHOWN}" for line in _outside_blocks(env, source)
+            )
         except TemplateSyntaxError as exc:
             problems.append(_problem(exc, templates, path))
             broken.add(path)
@@ -266,17 +270,58 @@ def _syntax_problems(templates: TemplateSet, lang: str) -> tuple[list[str], set[
     return problems, broken
 
 
+_NEVER_SHOWN = "text outside a block is never shown"
+
+
+def _outside_blocks(env: ImmutableSandboxedEnvironment, source: str) -> list[int]:
+    """Lines where a child template (one that ``{% extends %}``) writes outside its blocks.
+
+    Jinja2 renders only the parent's layout with the child's blocks in it: whatever the child
+    writes after its ``{% extends %}`` and outside ``{% block %}`` silently disappears.
+    Whitespace and comments are fine; so are ``{% set %}``, ``{% import %}`` and macros.
+    """
+    body = env.parse(source).body
+    start = next((i for i, node in enumerate(body) if isinstance(node, nodes.Extends)), None)
+    if start is None:
+        return []
+    lines: list[int] = []
+    for node in body[start + 1 :]:
+        lines.extend(_output_lines(node))
+    return lines
+
+
+def _output_lines(node: nodes.Node) -> list[int]:
+    """The line of each non-blank output in ``node``, blocks and macro bodies left out."""
+    if isinstance(node, nodes.Block | nodes.Macro):
+        return []  # a block is the child's to fill; a macro writes only where it is called
+    if isinstance(node, nodes.Output):
+        for item in node.nodes:
+            if not isinstance(item, nodes.TemplateData):
+                return [item.lineno]
+            text = item.data
+            if text.strip():
+                # lineno is where the data starts: count the blank lines before the text.
+                blank = text[: len(text) - len(text.lstrip())]
+                return [item.lineno + blank.count("\n")]
+        return []
+    return [line for child in node.iter_child_nodes() for line in _output_lines(child)]
+
+
 def check_templates(
     templates: TemplateSet,
     campaigns: Mapping[str, Campaign],
     sample_contexts: Iterable[Mapping[str, Any]],
+    others: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> list[str]:
     """Every problem with the templates, as ``file:line: message``; empty when all is well.
 
     Checks that each campaign step has every part in each language (es and en at least), that
     every file compiles, and that each step template renders against each sample context
-    (undefined names, sandbox refusals, empty subjects).
+    (undefined names, sandbox refusals, empty subjects). ``others`` names templates mailer
+    uses outside the campaigns (instalment reminders), each with the contexts it is rendered
+    against instead of the sample ones: they too must exist in every language.
     """
+    others = others or {}
     problems: list[str] = []
     langs = sorted(set(REQUIRED_LANGS) | set(templates.languages()))
     broken: set[Path] = set()
@@ -304,6 +349,14 @@ def check_templates(
                     problems.append(
                         f"{source}:{line}: step {step.name!r}: missing {', '.join(missing)}"
                     )
+    for name in sorted(others):
+        for lang in langs:
+            wanted[lang].add(name)
+            problems.extend(
+                f"{templates.path(lang, name, part)}:1: missing template (mailer needs {name!r})"
+                for part in PARTS
+                if not templates.path(lang, name, part).is_file()
+            )
 
     contexts = list(sample_contexts)
     for lang in langs:
@@ -312,7 +365,7 @@ def check_templates(
                 path = templates.path(lang, name, part)
                 if not path.is_file() or path in broken:
                     continue
-                for context in contexts:
+                for context in others.get(name, contexts):
                     try:
                         out = _render_part(templates, lang, name, part, context)
                     except ConfigError as exc:

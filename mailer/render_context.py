@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -98,12 +98,15 @@ def build_context(
     opt_out: str | None = None,
     *,
     respond_by: date | None = None,
+    instalment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a template may use, as str/Decimal/date/int/bool/None, lists and dicts.
 
     ``opt_out`` is the opt-out sentence when the debtor's profile needs one (the renderer adds
     it anyway; templates may test ``opt_out`` to word things around it). ``respond_by`` is the
-    date a final notice names; by default ``today`` + RESPOND_DAYS.
+    date a final notice names; by default ``today`` + RESPOND_DAYS. ``instalment`` is given
+    only for an instalment plan's reminders (domain.instalments.template_values): other
+    templates have no ``instalment``, so using it there is an error ``mailer check`` reports.
     """
     open_invoices = sorted(case.open_invoices, key=lambda i: (i.due_date, i.number))
     overdue = [i for i in open_invoices if i.due_date < today]
@@ -127,7 +130,7 @@ def build_context(
     links = {r["payment_link"] for r in rows}
     rates = [c.segments[-1].rate for c in computed if c.segments]
     debtor = case.debtor
-    return {
+    context = {
         "creditor": {
             "legal_name": creditor.legal_name,
             "tax_id": creditor.tax_id,
@@ -179,3 +182,6 @@ def build_context(
         ],
         "opt_out": opt_out,
     }
+    if instalment is not None:
+        context["instalment"] = dict(instalment)
+    return context

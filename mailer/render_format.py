@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from functools import cache, lru_cache
 
+from babel import Locale
 from babel.dates import format_date as babel_format_date
 from babel.numbers import format_currency, format_decimal
 
@@ -33,6 +35,15 @@ def locale_for(lang: str) -> str:
     return LOCALES.get(lang, lang)
 
 
+# Formatting runs several times per email: the parsed locale is kept (babel would parse the
+# name on every call) and so are recent results (the same amounts and dates recur in a
+# message's text and HTML, and across cases). Equal Decimals format alike: every format here
+# has a fixed number of decimals.
+@cache
+def _locale(lang: str) -> Locale:
+    return Locale.parse(locale_for(lang))
+
+
 def _decimal(value: object) -> Decimal:
     if isinstance(value, Decimal):
         return value
@@ -44,7 +55,12 @@ def _decimal(value: object) -> Decimal:
 
 def format_money(amount: object, currency: str = "EUR", lang: str = "es") -> str:
     """``1.210,00 €`` (es) or ``€1,210.00`` (en); always two decimals."""
-    text: str = format_currency(_decimal(amount), currency, locale=locale_for(lang))
+    return _money(_decimal(amount), currency, lang)
+
+
+@lru_cache(maxsize=4096)
+def _money(amount: Decimal, currency: str, lang: str) -> str:
+    text: str = format_currency(amount, currency, locale=_locale(lang))
     # babel puts a no-break space between amount and sign; a plain space reads the same and
     # matches what staff type when they search their mail for an amount.
     return text.replace(_NBSP, " ")
@@ -56,12 +72,17 @@ def format_long_date(value: object, lang: str = "es") -> str:
         value = value.date()
     if not isinstance(value, date):
         raise TypeError(f"expected a date, got {type(value).__name__}")
-    return str(babel_format_date(value, format="long", locale=locale_for(lang)))
+    return _long_date(value, lang)
+
+
+@lru_cache(maxsize=4096)
+def _long_date(value: date, lang: str) -> str:
+    return str(babel_format_date(value, format="long", locale=_locale(lang)))
 
 
 def format_percent(value: object, lang: str = "es") -> str:
     """An annual percent as stored in the rate tables (``Decimal("11.15")``) → ``11,15 %``."""
-    number = format_decimal(_decimal(value), format="#,##0.00", locale=locale_for(lang))
+    number = format_decimal(_decimal(value), format="#,##0.00", locale=_locale(lang))
     # Spanish style (RAE) separates the sign; English writes it closed up.
     return f"{number} %" if lang == "es" else f"{number}%"
 

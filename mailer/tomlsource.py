@@ -27,6 +27,9 @@ class TomlSource:
     text: str
     data: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    _lines: tuple[dict[tuple[str, int], int], dict[tuple[str, int, str], int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def read(cls, path: Path) -> TomlSource:
@@ -49,27 +52,53 @@ class TomlSource:
     def line_of(self, table: str = "", key: str | None = None, occurrence: int = 0) -> int:
         """Line (1-based) of ``key`` inside ``[table]`` (the ``occurrence``-th ``[[table]]``).
 
-        Falls back to the table header, then to line 1: a message is never without a place.
+        A root key may also be written as a table (``[polcy]`` is the unknown root key
+        "polcy"). Falls back to the table header, then to line 1: a message always has a place.
         """
-        lines = self.text.splitlines()
-        current = ""
-        seen = -1
-        header_line = 0
-        for number, line in enumerate(lines, start=1):
-            header = _HEADER.match(line)
-            if header:
-                current = _norm(header.group(2))
-                if current == table:
-                    seen += 1
-                    if seen == occurrence:
-                        header_line = number
-                continue
-            in_table = current == table and (seen == occurrence or not table)
-            if key is not None and in_table:
+        tables, keys = self._index()
+        if key is not None:
+            found = keys.get((table, occurrence, key))
+            if found is None and not table:
+                found = tables.get((key, 0))
+            if found is not None:
+                return found
+        return tables.get((table, occurrence), 1)
+
+    def _index(self) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int, str], int]]:
+        """Where each table header and key first stands, by scanning the text once."""
+        if self._lines is None:
+            tables: dict[tuple[str, int], int] = {}
+            keys: dict[tuple[str, int, str], int] = {}
+            counts: dict[str, int] = {}
+            current = ("", 0)
+            closing: str | None = None  # the quotes that end the multi-line string being read
+            for number, line in enumerate(self.text.splitlines(), start=1):
+                if closing is not None:
+                    if line.count(closing) % 2 == 1:
+                        closing = None
+                    continue  # nothing inside a multi-line string is a header or a key
+                header = _HEADER.match(line)
+                if header:
+                    name = _norm(header.group(2))
+                    current = (name, counts.get(name, 0))
+                    counts[name] = current[1] + 1
+                    tables.setdefault(current, number)
+                    # `[identities.billing]` also places the table `identities`.
+                    parts = name.split(".")
+                    for end in range(1, len(parts)):
+                        tables.setdefault((".".join(parts[:end]), 0), number)
+                    continue
                 found = _KEY.match(line)
-                if found and _norm(found.group(1)) == key:
-                    return number
-        return header_line or 1
+                if found:
+                    name = _norm(found.group(1))
+                    keys.setdefault((*current, name), number)
+                    keys.setdefault((*current, name.split(".")[0]), number)  # `policy.window =`
+                for quote in ('"""', "'''"):
+                    if line.count(quote) % 2 == 1:
+                        closing = quote
+                        break
+            self._lines = (tables, keys)
+        return self._lines
 
     def problem(
         self, message: str, table: str = "", key: str | None = None, occurrence: int = 0

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # install-mailservers.sh - install Postfix + Dovecot (IMAP, LMTP, Sieve) for the test harness
-# in tests/mailenv/, without leaving the distribution's own mail services running.
+# in tests/mailenv/, without leaving the distribution's own mail services running; also the
+# command-line tools the evidence tests check exports with (openssl ts, pdftoppm/pdftotext, and
+# a headless Chromium that opens the HTML report).
 # Idempotent: exits 0 at once when the binaries are already there. Needs root (apt-get).
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd dovecot-sieve postfix)
+PACKAGES=(dovecot-imapd dovecot-lmtpd dovecot-sieve postfix openssl poppler-utils
+          chromium-headless-shell)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 have_all() {
     command -v dovecot >/dev/null && command -v doveconf >/dev/null \
         && command -v postfix >/dev/null && id postfix >/dev/null 2>&1 \
-        && [ -e /usr/lib/dovecot/lmtp ] && [ -e /usr/lib/dovecot/modules/lib90_sieve_plugin.so ]
+        && [ -e /usr/lib/dovecot/lmtp ] && [ -e /usr/lib/dovecot/modules/lib90_sieve_plugin.so ] \
+        && command -v openssl >/dev/null && command -v pdftoppm >/dev/null \
+        && command -v pdftotext >/dev/null && command -v chromium-headless-shell >/dev/null
 }
 
 if have_all; then

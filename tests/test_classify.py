@@ -60,7 +60,8 @@ def report() -> dict[str, Any]:
 
 
 # Floors a little under what the classifier reaches today (kind 99.4 %, recipient F1 98.4 %,
-# coarse reason 86 % end-to-end, ...): a change that loses ground fails here.
+# coarse reason 94.2 % on paired rows and 92.3 % end-to-end, hard/soft 94.1 % end-to-end, exact
+# status 95.4 %): a change that loses ground fails here.
 @needs_corpus
 def test_kind_accuracy(report: dict[str, Any]) -> None:
     assert report["classifier_errors"] == 0
@@ -76,10 +77,11 @@ def test_recipients(report: dict[str, Any]) -> None:
 
 @needs_corpus
 def test_reason_hard_and_status(report: dict[str, Any]) -> None:
-    assert report["coarse_reason"]["accuracy_end_to_end"] >= 84.0
-    assert report["hard_soft"]["accuracy_end_to_end"] >= 88.0
+    assert report["coarse_reason"]["accuracy_on_paired"] >= 92.5
+    assert report["coarse_reason"]["accuracy_end_to_end"] >= 90.5
+    assert report["hard_soft"]["accuracy_end_to_end"] >= 92.5
     assert report["permanent_vs_temporary"]["accuracy"] >= 96.0
-    assert report["status"]["exact"] >= 93.0
+    assert report["status"]["exact"] >= 94.0
 
 
 def _corpus_files() -> list[Path]:
@@ -223,6 +225,247 @@ def test_temporary_failure_is_not_permanent() -> None:
     result = _bounce("lhost-sendmail-54.eml")  # gave up after 5 days of 4.4.7
     assert [(r.reason, r.status, r.permanent) for r in result.recipients] == [
         (Reason.EXPIRED, "4.4.7", False)
+    ]
+
+
+# --- Bounce reasons, one rule at a time, on small hand-written reports of each MTA's family ----
+
+
+def _dsn(diagnostic: str, status: str, *, prose: str = "", action: str = "failed") -> bytes:
+    """An RFC 3464 report about ana@cliente.example, as Postfix and most MTAs send it."""
+    diagnostic_field = f"Diagnostic-Code: smtp; {diagnostic}\n" if diagnostic else ""
+    return (
+        "From: MAILER-DAEMON@mx.empresa.example (Mail Delivery System)\n"
+        "To: cobros@empresa.example\nSubject: Undelivered Mail Returned to Sender\n"
+        "Date: Wed, 04 Mar 2026 10:00:00 +0100\nMessage-ID: <dsn1@mx.empresa.example>\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\n\n'
+        "--b1\nContent-Type: text/plain\n\n"
+        f"{prose or 'This is the mail system at host mx.empresa.example.'}\n\n"
+        "--b1\nContent-Type: message/delivery-status\n\n"
+        "Reporting-MTA: dns; mx.empresa.example\n\n"
+        "Final-Recipient: rfc822; ana@cliente.example\n"
+        f"Action: {action}\nStatus: {status}\n{diagnostic_field}\n"
+        "--b1\nContent-Type: text/rfc822-headers\n\n"
+        "From: Cobros <cobros@empresa.example>\nTo: ana@cliente.example\nSubject: Factura\n"
+        "Message-ID: <step1.case42@empresa.example>\n\n"
+        "--b1--\n"
+    ).encode()
+
+
+def _prose_bounce(body: str, *, subject: str = "failure notice") -> bytes:
+    """A bounce without RFC 3464 fields (qmail, Sendmail's old forms, gateways)."""
+    return (
+        "From: MAILER-DAEMON@mx.empresa.example\nTo: cobros@empresa.example\n"
+        f"Subject: {subject}\nDate: Wed, 04 Mar 2026 10:00:00 +0100\n"
+        "Message-ID: <dsn2@mx.empresa.example>\n\n"
+        f"{body}\n\n--- Below this line is a copy of the message.\n\n"
+        "From: Cobros <cobros@empresa.example>\nTo: ana@cliente.example\nSubject: Factura\n"
+        "Message-ID: <step1.case42@empresa.example>\n\nLe recordamos la factura.\n"
+    ).encode()
+
+
+def _reason(raw: bytes) -> tuple[Reason, bool, bool]:
+    result = classify(raw)
+    assert result.kind is Kind.BOUNCE
+    assert [r.address for r in result.recipients] == ["ana@cliente.example"]
+    rcpt = result.recipients[0]
+    return rcpt.reason, rcpt.hard, rcpt.permanent
+
+
+@pytest.mark.parametrize(
+    ("diagnostic", "status", "reason"),
+    [
+        # Postfix prefixes every recipient restriction with "Recipient address rejected:"; what
+        # follows it says why.
+        (
+            "550 5.1.1 <ana@cliente.example>: Recipient address rejected: "
+            "User unknown in local recipient table",
+            "5.1.1",
+            Reason.USER_UNKNOWN,
+        ),
+        (
+            "554 5.7.1 <ana@cliente.example>: Recipient address rejected: Access denied",
+            "5.7.1",
+            Reason.SECURITY_ERROR,
+        ),
+        # X.1.1 (bad destination mailbox) is more specific than the words around a refusal.
+        ("550 5.1.1 Message rejected due to local policy", "5.1.1", Reason.USER_UNKNOWN),
+        # Exchange Online's directory-based edge blocking: 5.4.1 for an address it does not have.
+        (
+            "550 5.4.1 Recipient address rejected: Access denied. AS(201806281) "
+            "[BN8NAM12FT041.eop-nam12.prod.protection.outlook.com]",
+            "5.4.1",
+            Reason.USER_UNKNOWN,
+        ),
+        # Postfix's own DNS answer: a domain that does not exist, not a network error...
+        (
+            "Host or domain name not found. Name service error for name=cliente.example "
+            "type=A: Host not found",
+            "5.4.4",
+            Reason.HOST_UNKNOWN,
+        ),
+        # ... unless it is temporary.
+        (
+            "Host or domain name not found. Name service error for name=cliente.example "
+            "type=MX: Host not found, try again",
+            "4.4.3",
+            Reason.NETWORK_ERROR,
+        ),
+        # T-Online's refusal of a blocklisted sending IP.
+        (
+            "554 IP=192.0.2.1 - A problem occurred. (Ask your postmaster for help or to "
+            "contact tosa@rx.t-online.de to clarify.) (BL)",
+            "5.0.0",
+            Reason.BLOCKED,
+        ),
+        (
+            "554 5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org",
+            "5.7.1",
+            Reason.BLOCKED,  # a blocklist listing, the next case's wording notwithstanding
+        ),
+        # Lotus Domino: "not listed" is an unknown user, not a blocklist listing.
+        ("550 User not listed in public Name & Address Book", "5.0.0", Reason.USER_UNKNOWN),
+        # RFC 5321's 503: the session's commands came in the wrong order.
+        ("503 5.5.1 Error: improper sequence of commands", "5.5.1", Reason.SYNTAX_ERROR),
+        # A code that names no cause leaves the words to decide.
+        ("550 <ana@cliente.example>: User unknown", "5.0.0", Reason.USER_UNKNOWN),
+        # X.2.1 "mailbox disabled" or X.7.1 with "user unknown" not said at RCPT: a filter.
+        ("550 5.2.1 <ana@cliente.example>... User Unknown", "5.2.1", Reason.FILTERED),
+        ("550 5.7.1 550 User Unknown: ana@cliente.example", "5.7.1", Reason.FILTERED),
+        (
+            "550 5.2.1 <ana@cliente.example>... User Unknown (in reply to RCPT TO command)",
+            "5.2.1",
+            Reason.USER_UNKNOWN,
+        ),
+    ],
+)
+def test_bounce_reason_from_diagnostic_and_status(
+    diagnostic: str, status: str, reason: Reason
+) -> None:
+    assert _reason(_dsn(diagnostic, status))[0] is reason
+
+
+def test_command_named_in_exim_prose_decides_when_the_dsn_does_not() -> None:
+    # Exim writes the SMTP command in its prose; the DSN's Diagnostic-Code has the reply alone.
+    helo = _dsn(
+        "550 Rejected",
+        "5.0.0",
+        prose="A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  ana@cliente.example\n    host mx.cliente.example [192.0.2.9]\n"
+        "    SMTP error from remote mail server after EHLO mx.empresa.example:\n"
+        "    550 Rejected",
+    )
+    assert _reason(helo)[0] is Reason.BLOCKED  # refused before any address: our server was
+    mail_from = _dsn(
+        "550 Not today",
+        "5.0.0",
+        prose="  ana@cliente.example\n    SMTP error from remote mail server after "
+        "MAIL FROM:<cobros@empresa.example> SIZE=1024:\n    550 Not today",
+    )
+    assert _reason(mail_from)[0] is Reason.REJECTED  # our sender was refused
+
+
+def test_user_unknown_after_data_is_a_filter() -> None:
+    sendmail = _dsn(
+        "550 User unknown",
+        "5.0.0",
+        prose="----- Transcript of session follows -----\n"
+        "... while talking to mx.cliente.example.:\n>>> DATA\n<<< 550 User unknown\n"
+        "554 5.0.0 Service unavailable",
+    )
+    assert _reason(sendmail) == (Reason.FILTERED, False, True)
+    # m-FILTER names the command in a section of its own.
+    mfilter = _prose_bounce(
+        "ana@cliente.example\n-------server message\n550 unknown user <ana@cliente.example>\n"
+        "-------SMTP command\nDATA"
+    )
+    assert _reason(mfilter)[0] is Reason.FILTERED
+    # "SMTP:RCPT" (X3, Notes gateways): said at RCPT, the user is unknown whatever the code.
+    x3 = _prose_bounce(
+        "Delivery to the following recipients failed permanently:\n   * ana@cliente.example\n\n"
+        "Technical details:\nSMTP:RCPT host 192.0.2.8: 553 5.3.0 <ana@cliente.example>... "
+        "No such user here"
+    )
+    assert _reason(x3)[:2] == (Reason.USER_UNKNOWN, True)
+
+
+def test_qmail_cause_before_its_give_up_sentence() -> None:
+    ldap = _prose_bounce(
+        "Hi. This is the qmail-send program at mx.empresa.example.\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        "<ana@cliente.example>:\nUnable to contact LDAP server. (#4.4.3)I'm not going to try "
+        "again; this\nmessage has been in the queue too long."
+    )
+    assert _reason(ldap) == (Reason.SYSTEM_ERROR, False, False)
+    bare = _prose_bounce(
+        "Hi. This is the qmail-send program at mx.empresa.example.\n\n<ana@cliente.example>:\n"
+        "I'm not going to try again; this message has been in the queue too long."
+    )
+    assert _reason(bare)[0] is Reason.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # DragonFly Mail Agent names the host it could not find.
+        (
+            "There was an error delivering your mail to <ana@cliente.example>.\n\n"
+            "DNS lookup failure: host cliente.example not found",
+            Reason.HOST_UNKNOWN,
+        ),
+        # Gateways that gave up after a time or a number of attempts.
+        (
+            "Your message was not delivered within 2 days and 0 hours.\n"
+            "Remote host is not responding.\n\n"
+            "The following recipients did not receive this message:\n<ana@cliente.example>",
+            Reason.EXPIRED,
+        ),
+        ("Delivery failed 20 attempts: ana@cliente.example", Reason.EXPIRED),
+        # Trend Micro InterScan asks the sender to check the address.
+        (
+            "Unable to deliver message to <ana@cliente.example>. "
+            "Please check if address is correct.",
+            Reason.USER_UNKNOWN,
+        ),
+    ],
+)
+def test_bounce_reason_in_prose(body: str, reason: Reason) -> None:
+    assert _reason(_prose_bounce(body))[0] is reason
+
+
+def test_sendmail_transcript_names_the_address_again() -> None:
+    # The summary lists the address; the transcript below says why. Both are its diagnostic.
+    raw = _dsn(
+        "",
+        "4.4.7",
+        prose="   ----- The following addresses had permanent fatal errors -----\n"
+        "<ana@cliente.example>\n\n   ----- Transcript of session follows -----\n"
+        "<ana@cliente.example>... Deferred: Connection refused by mx.cliente.example.\n"
+        "Message could not be delivered for 5 days",
+    )
+    assert _reason(raw) == (Reason.BLOCKED, False, False)
+
+
+def test_exim_repeats_each_address_after_rcpt_to() -> None:
+    body = (
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  ana@cliente.example\n"
+        "    SMTP error from remote mail server after RCPT TO:<ana@cliente.example>:\n"
+        "    host mx.cliente.example [192.0.2.12]: 550 5.2.2 <ana@cliente.example>... "
+        "Mailbox Full\n"
+        "  luis@cliente.example\n"
+        "    SMTP error from remote mail server after RCPT TO:<luis@cliente.example>:\n"
+        "    host mx.cliente.example [192.0.2.12]: 550 5.2.1 <luis@cliente.example>... "
+        "User Unknown"
+    )
+    result = classify(_prose_bounce(body, subject="Mail delivery failed"))
+    assert [(r.address, r.reason, r.status) for r in result.recipients] == [
+        ("ana@cliente.example", Reason.MAILBOX_FULL, "5.2.2"),
+        ("luis@cliente.example", Reason.USER_UNKNOWN, "5.2.1"),  # said at RCPT
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from click.testing import CliRunner
-from test_watcher import BILLING, Office, app, case_row, reply, sent_to, servers
+from test_watcher import BILLING, Office, answer, app, case_row, sent_to, servers
 
 from mailer.app import App
 from mailer.cli import main
@@ -31,8 +31,9 @@ def test_review_case_and_resolve(app: App, servers: LocalMailServers) -> None:
         acme, beta = sent_to(app, "pay@acme.example")[0], sent_to(app, "admin@beta.example")[0]
         deliver(
             inbox,
-            reply(
-                acme.message_id,
+            answer(
+                app,
+                acme,
                 "pay@acme.example",
                 "No estamos de acuerdo con el importe, el trabajo no se terminó.",
                 office.now,
@@ -40,8 +41,9 @@ def test_review_case_and_resolve(app: App, servers: LocalMailServers) -> None:
         )
         deliver(
             inbox,
-            reply(
-                beta.message_id,
+            answer(
+                app,
+                beta,
                 "admin@beta.example",
                 "¿Podemos pagarlo en tres plazos?",
                 office.now,

@@ -9,7 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,8 +43,11 @@ def _ledger(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _run_once(config: Path, log: Path, kill_after: float | None) -> bool:
-    """One `mailer run --once`; killed with SIGKILL after ``kill_after`` seconds if still running."""
+def _run_once(
+    config: Path, log: Path, kill_after: float | None, kill_when: Callable[[], bool] = lambda: False
+) -> bool:
+    """One `mailer run --once`; SIGKILLed after ``kill_after`` seconds, or as soon as
+    ``kill_when()`` holds, if still running. True when it ran to its end."""
     env = {**os.environ, "MAILER_DEMO_PASSWORD": PASSWORD}
     with log.open("ab") as out:
         child = subprocess.Popen(
@@ -61,12 +66,13 @@ def _run_once(config: Path, log: Path, kill_after: float | None) -> bool:
             stderr=out,
             env=env,
         )
-        try:
-            child.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-            return False
+        deadline = None if kill_after is None else time.monotonic() + kill_after
+        while child.poll() is None:
+            if kill_when() or (deadline is not None and time.monotonic() >= deadline):
+                child.send_signal(signal.SIGKILL)
+                child.wait()
+                return False
+            time.sleep(0.002)
     assert child.returncode == 0, log.read_text()[-3000:]
     return True
 
@@ -87,15 +93,26 @@ def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) 
         rng = random.Random(20261122)
         log = tmp_path / "runs.log"
         kills = 0
-        # First kills land in start-up and planning (each case is enqueued in a transaction).
+
+        def server_took(count: int) -> Callable[[], bool]:
+            return lambda: len(servers.sink_messages()) >= count
+
+        # First kills land in start-up and planning (a chunk of cases per transaction), at the
+        # latest when the first message reaches the server.
         for _ in range(5):
-            kills += not _run_once(config, log, kill_after=rng.uniform(1.5, 3.5))
+            kills += not _run_once(
+                config, log, kill_after=rng.uniform(1.5, 3.5), kill_when=server_took(1)
+            )
         # Finish planning here, so that the next kills land in sending and filing copies.
         app = App.open(settings)
         Outbound(app, {}, None).plan_due(datetime.fromisoformat(NOW), TickReport())
         app.store.close()
+        # A run sends 600 messages in a second or two: besides a random moment, each run is
+        # also killed right after the server has taken a random few more messages, so kills
+        # land mid-send (others in flight, replies not yet recorded) however fast the machine.
         for _ in range(20):
-            if _run_once(config, log, kill_after=rng.uniform(1.2, 4.5)):
+            took = server_took(len(servers.sink_messages()) + rng.randint(1, 60))
+            if _run_once(config, log, kill_after=rng.uniform(1.2, 4.5), kill_when=took):
                 break
             kills += 1
         # Then let it finish (twice: the second run must find nothing left to do).

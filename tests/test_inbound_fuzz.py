@@ -142,3 +142,35 @@ def test_hostile_mail_in_a_real_mailbox_does_not_stop_the_pass(tmp_path: Path) -
         assert "human_reply" in kinds
         assert app.store.verify_chain() is None
         app.store.close()
+
+
+def test_a_failure_mid_chunk_rolls_back_that_message_alone(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mailer.flows.inbound as flow
+
+    real = flow.decide
+
+    def flaky(c, *args, **kw):  # type: ignore[no-untyped-def]
+        if "explode" in c.reply_text:
+            raise RuntimeError("a bug met this message")
+        return real(c, *args, **kw)
+
+    monkeypatch.setattr(flow, "decide", flaky)
+    mails = [
+        f"From: {DEBTOR}\r\nMessage-ID: <chunk.{n}@acme.example>\r\nSubject: Re\r\n\r\n{text}\r\n".encode()
+        for n, text in enumerate(["Pagaremos pronto.", "explode", "¿Me reenvían la factura?"])
+    ]
+    before = app.store.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    outcomes = Inbound(app).process_many(
+        "cobros", "INBOX", 1, [(n, m, True) for n, m in enumerate(mails)], NOW
+    )
+    assert outcomes == ["stored", "quarantined", "stored"]
+    rows = app.store.query(
+        "SELECT state, message_id, error FROM inbound WHERE uid IS NOT NULL AND uid < 3 ORDER BY id DESC LIMIT 3"
+    )
+    assert sorted(r["state"] for r in rows) == ["handled", "handled", "quarantined"]
+    assert "a bug met this message" in next(r["error"] for r in rows if r["state"] == "quarantined")
+    kinds = [e["kind"] for e in app.store.events()][before:]
+    assert kinds.count("mail_received") == 2 and kinds.count("mail_quarantined") == 1
+    assert app.store.verify_chain() is None

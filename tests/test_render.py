@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mailer.domain.campaign import load_campaign, load_campaigns, step_line
+from mailer.domain.instalments import TEMPLATES as INSTALMENT_TEMPLATES
 from mailer.domain.models import (
     DEFAULT_PROFILES,
     Campaign,
@@ -207,9 +208,12 @@ def test_check_passes_on_shipped_templates() -> None:
         for count in (1, 2)
         for step in CAMPAIGNS[kind.value].steps
     ]
-    assert check_templates(TEMPLATES, CAMPAIGNS, contexts) == []
+    # The instalment templates need an ``instalment``: rendered in tests/test_instalments.py.
+    others: dict[str, list[dict[str, Any]]] = {name: [] for name in INSTALMENT_TEMPLATES}
+    assert check_templates(TEMPLATES, CAMPAIGNS, contexts, others) == []
     assert TEMPLATES.names("es") == TEMPLATES.names("en")
-    assert set(TEMPLATES.names("es")) == {s.template for s in CAMPAIGNS["business"].steps}
+    steps = {s.template for s in CAMPAIGNS["business"].steps}
+    assert set(TEMPLATES.names("es")) == steps | set(INSTALMENT_TEMPLATES)
 
 
 # --- context -----------------------------------------------------------------------------------
@@ -340,6 +344,38 @@ def test_undefined_name_reported_at_its_line(tmp_path: Path) -> None:
     assert problems == [
         f"{templates.path('en', 'hello', 'txt')}:4: 'dict object' has no attribute 'nmae'"
     ]
+
+
+def test_text_outside_the_blocks_of_a_child_template_is_reported(tmp_path: Path) -> None:
+    text = (
+        "{% extends '_base.txt' %}\n"
+        "{# a comment, a set, an import and a macro are fine #}\n"
+        "{% set greeting = 'Hola' %}\n"
+        "{% import '_base.txt' as base %}\n"
+        "{% macro sign() %}The team{% endmacro %}\n"
+        "\n"
+        "{% block body %}{{ greeting }} {{ sign() }}{% endblock %}\n"
+        "\n"
+        "Thank you.\n"
+        "{% if debtor %}{{ debtor.name }}{% endif %}\n"
+    )
+    base = "Top\n{% block body %}{% endblock %}\n"
+    templates = make_set(tmp_path, complete(**{"en/hello.txt": text, "en/_base.txt": base}))
+    context = context_for(make_case())
+    # Jinja2 drops both silently: the debtor would never read them.
+    email = render(templates, "en", "hello", context, opt_out_line=None)
+    assert "Thank you" not in email.text and "Hola The team" in email.text
+    problems = check_templates(templates, one_step_campaign(tmp_path), [context])
+    path = templates.path("en", "hello", "txt")
+    assert problems == [
+        f"{path}:9: text outside a block is never shown",
+        f"{path}:10: text outside a block is never shown",
+    ]
+    # Text before {% extends %} is shown, and a template that extends nothing is all shown.
+    fixed = "Dear client,\n" + text.replace("Thank you.\n", "").replace("{% if debtor %}", "{#")
+    fixed = fixed.replace("{% endif %}", "#}")
+    templates = make_set(tmp_path, complete(**{"en/hello.txt": fixed, "en/_base.txt": base}))
+    assert check_templates(templates, one_step_campaign(tmp_path), [context]) == []
 
 
 def test_undefined_in_filter_and_none_printed(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from mailer.app import App
 from mailer.config import load_settings
 from mailer.daemon import build_transports, make_box, open_mailbox
 from mailer.demo import IDENTITIES, write_config
+from mailer.demo_debtors import delivery_report, reply_to
 from mailer.flows.inbound import Inbound, InboundReport
 from mailer.flows.outbound import Outbound
 from mailer.ledger import parse_invoices
@@ -102,42 +103,11 @@ def sent_to(app: App, address: str) -> list[outbox.OutboxMessage]:
     return [m for m in outbox.select(app.store, "state = 'sent'") if address in m.recipients]
 
 
-def reply(
-    to_message: str, sender: str, body: str, when: datetime, subject: str = "Re: factura"
+def answer(
+    app: App, message: outbox.OutboxMessage, sender: str, text: str, when: datetime
 ) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = BILLING
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(when)
-    msg["Message-ID"] = f"<reply.{abs(hash((to_message, body)))}@client.example>"
-    msg["In-Reply-To"] = to_message
-    msg["References"] = to_message
-    msg.set_content(body)
-    return msg.as_bytes()
-
-
-def dsn(original: bytes, failed: str, status: str, diagnostic: str, when: datetime) -> bytes:
-    """A bounce as Postfix writes it (RFC 3464), returning the original's headers."""
-    head = original.split(b"\r\n\r\n", 1)[0].decode()
-    boundary = "BOUNDARY.1"
-    text = (
-        f"From: MAILER-DAEMON@mx.acme.example (Mail Delivery System)\r\n"
-        f"To: {BILLING}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-        f"Date: {format_datetime(when)}\r\nMessage-ID: <dsn.{abs(hash(failed))}@mx.acme.example>\r\n"
-        f"Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
-        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
-        f"I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
-        f"<{failed}>: {diagnostic}\r\n\r\n"
-        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-        f"Reporting-MTA: dns; mx.acme.example\r\n\r\n"
-        f"Final-Recipient: rfc822; {failed}\r\nOriginal-Recipient: rfc822;{failed}\r\n"
-        f"Action: failed\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {diagnostic}\r\n\r\n"
-        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{head}\r\n\r\n"
-        f"--{boundary}--\r\n"
-    )
-    return text.encode()
+    """The debtor's reply to one of our messages, threaded to it."""
+    return reply_to(outbox.raw(app.store, message), sender, text, when)
 
 
 def personal_mail(n: int, when: datetime) -> bytes:
@@ -178,9 +148,7 @@ def test_a_promise_pauses_the_case_and_personal_mail_is_left_alone(
         deliver(inbox, personal_mail(1, office.now))
         deliver(
             inbox,
-            reply(
-                first.message_id, "Acme <pay@acme.example>", "Pagaré el día 15. Saludos", office.now
-            ),
+            answer(app, first, "Acme <pay@acme.example>", "Pagaré el día 15. Saludos", office.now),
         )
         before = flags(app)
         report = await office.sync()
@@ -213,10 +181,8 @@ def test_a_hard_bounce_moves_to_the_second_address(app: App, servers: LocalMailS
         office = Office(app)
         await office.until_sent("pay@acme.example")
         (first,) = sent_to(app, "pay@acme.example")
-        bounce = dsn(
-            outbox.raw(app.store, first), "pay@acme.example", "5.1.1",
-            "550 5.1.1 <pay@acme.example>: Recipient address rejected: User unknown", office.now,
-        )  # fmt: skip
+        bounce = delivery_report(outbox.raw(app.store, first), "pay@acme.example", "5.1.1",
+            "550 5.1.1 <pay@acme.example>: Recipient address rejected: User unknown", office.now, "mx.acme.example")  # fmt: skip
         deliver(inbox, bounce)
         report = await office.sync()
         assert report.stored == 1
@@ -253,8 +219,9 @@ def test_uidvalidity_change_resyncs_without_acting_twice(tmp_path: Path) -> None
             (sent,) = sent_to(app, "admin@beta.example")
             deliver(
                 servers.mailbox_path(BILLING),
-                reply(
-                    sent.message_id,
+                answer(
+                    app,
+                    sent,
                     "admin@beta.example",
                     "No reconocemos esta factura, es un error.",
                     office.now,
@@ -323,9 +290,7 @@ def test_the_watcher_idles_sees_replies_and_survives_a_server_restart(tmp_path: 
             inbox = servers.mailbox_path(BILLING)
             deliver(
                 inbox,
-                reply(
-                    beta.message_id, "admin@beta.example", "¿Me reenvían la factura?", office.now
-                ),
+                answer(app, beta, "admin@beta.example", "¿Me reenvían la factura?", office.now),
             )
             await _until(lambda: _stored(app) == 1, "the reply that arrived during IDLE")
             # The server goes away mid-IDLE; mail keeps arriving; the server comes back.
@@ -333,7 +298,7 @@ def test_the_watcher_idles_sees_replies_and_survives_a_server_restart(tmp_path: 
             await servers.stop()
             deliver(
                 inbox,
-                reply(acme.message_id, "pay@acme.example", "Pagaremos el 30 de enero.", office.now),
+                answer(app, acme, "pay@acme.example", "Pagaremos el 30 de enero.", office.now),
             )
             servers = await start_local_servers(root, users, imap_port=port)
             await _until(lambda: _stored(app) == 2, "the reply that arrived while it was down")

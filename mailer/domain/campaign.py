@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Any
 
 from mailer.domain.models import Campaign, Channel, ComplianceProfile, Policy, Step
 from mailer.errors import ConfigError
+from mailer.tomlsource import TomlSource
 
 # Step and template names become file names under templates/<lang>/: keep them plain so a
 # campaign can never point outside the template directory.
@@ -36,87 +35,24 @@ WEEKDAY_NAMES = {
     "sáb": 5,
 }
 
-_TOML_LINE_RE = re.compile(r"\(at line (\d+), column \d+\)")
-_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?")
-_KEY_RE = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_-]+)\s*[.=]")
 _TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
-
-
-# --- where things are in the source --------------------------------------------------------
-
-
-@dataclass
-class _Locator:
-    """Line numbers of tables and keys, found by scanning the text (tomllib gives none)."""
-
-    tables: dict[tuple[str, int], int] = field(default_factory=dict)  # ("steps", n) -> line
-    keys: dict[tuple[str, int, str], int] = field(default_factory=dict)
-
-    @classmethod
-    def scan(cls, text: str) -> _Locator:
-        loc = cls()
-        table: tuple[str, int] = ("", 0)
-        counts: dict[str, int] = {}
-        in_multiline: str | None = None
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if in_multiline is not None:
-                # Inside a multi-line string: nothing here is a key or a header.
-                if line.count(in_multiline) % 2 == 1:
-                    in_multiline = None
-                continue
-            header = _HEADER_RE.match(line)
-            if header and not line.lstrip().startswith("#"):
-                name = header.group(2).strip().strip("\"'")
-                index = counts.get(name, 0)
-                counts[name] = index + 1
-                table = (name, index if header.group(1) == "[[" else 0)
-                loc.tables.setdefault(table, lineno)
-                continue
-            key = _KEY_RE.match(line)
-            if key:
-                loc.keys.setdefault((*table, key.group(1).strip("\"'")), lineno)
-            for quote in ('"""', "'''"):
-                if line.count(quote) % 2 == 1:
-                    in_multiline = quote
-                    break
-        return loc
-
-    def table(self, name: str, index: int = 0) -> int:
-        return self.tables.get((name, index), 1)
-
-    def key(self, table: str, index: int, key: str) -> int:
-        found = self.keys.get((table, index, key))
-        if found is not None:
-            return found
-        if table == "":
-            # A root key may be a table header: `[polcy]` is the unknown key "polcy".
-            return self.tables.get((key, 0), 1)
-        return self.table(table, index)
 
 
 def step_line(path: Path, index: int) -> int:
     """The line of the ``index``-th ``[[steps]]`` header in ``path`` (1 if unreadable)."""
+    return _source_text(path).line_of("steps", occurrence=index)
+
+
+def _source_text(path: Path) -> TomlSource:
+    """The file's text, for line numbers only: not parsed (it was, when it was loaded)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        return 1
-    return _Locator.scan(text).table("steps", index)
+        text = ""
+    return TomlSource(path=path, text=text, data={})
 
 
 # --- value checks ----------------------------------------------------------------------------
-
-
-class _Problems:
-    def __init__(self, path: Path, locator: _Locator) -> None:
-        self.path = path
-        self.locator = locator
-        self.items: list[str] = []
-
-    def at(self, line: int, message: str) -> None:
-        self.items.append(f"{self.path}:{line}: {message}")
-
-    def key(self, table: str, index: int, key: str, message: str) -> None:
-        self.at(self.locator.key(table, index, key), message)
 
 
 def _is_int(value: object) -> bool:
@@ -146,25 +82,25 @@ def _weekday(value: object) -> int | None:
 
 
 def _unknown_keys(
-    problems: _Problems, table: str, index: int, data: dict[str, Any], known: frozenset[str]
+    src: TomlSource, table: str, index: int, data: dict[str, Any], known: frozenset[str]
 ) -> None:
     for key in data:
         if key not in known:
             hint = ", ".join(sorted(known))
-            problems.key(table, index, key, f"unknown key {key!r} (known: {hint})")
+            src.problem(f"unknown key {key!r} (known: {hint})", table, key, index)
 
 
-def _policy(problems: _Problems, raw: object) -> Policy:
+def _policy(src: TomlSource, raw: object) -> Policy:
     default = Policy()
     if raw is None:
         return default
     if not isinstance(raw, dict):
-        problems.key("", 0, "policy", "'policy' must be a table: [policy]")
+        src.problem("'policy' must be a table: [policy]", "", "policy")
         return default
-    _unknown_keys(problems, "policy", 0, raw, POLICY_KEYS)
+    _unknown_keys(src, "policy", 0, raw, POLICY_KEYS)
 
     def bad(key: str, message: str) -> None:
-        problems.key("policy", 0, key, f"policy.{key}: {message}")
+        src.problem(f"policy.{key}: {message}", "policy", key)
 
     weekdays = default.weekdays
     if "weekdays" in raw:
@@ -221,13 +157,13 @@ def _policy(problems: _Problems, raw: object) -> Policy:
     )
 
 
-def _step(problems: _Problems, index: int, raw: dict[str, Any]) -> Step | None:
-    _unknown_keys(problems, "steps", index, raw, STEP_KEYS)
-    before = len(problems.items)
+def _step(src: TomlSource, index: int, raw: dict[str, Any]) -> Step | None:
+    _unknown_keys(src, "steps", index, raw, STEP_KEYS)
+    before = len(src.problems)
     label = f"step {index + 1}"
 
     def bad(key: str, message: str) -> None:
-        problems.key("steps", index, key, f"{label}: {message}")
+        src.problem(f"{label}: {message}", "steps", key, index)
 
     def need(key: str, check: Callable[[object], bool], what: str) -> None:
         if key not in raw:
@@ -252,7 +188,7 @@ def _step(problems: _Problems, index: int, raw: dict[str, Any]) -> Step | None:
     may("channel", lambda v: v in {c.value for c in Channel}, f"one of {channels}")
     may("approval", lambda v: isinstance(v, bool), "true or false")
     may("fallback_smtp", lambda v: isinstance(v, bool), "true or false")
-    if len(problems.items) > before:
+    if len(src.problems) > before:
         return None
     return Step(
         index=index,
@@ -265,34 +201,35 @@ def _step(problems: _Problems, index: int, raw: dict[str, Any]) -> Step | None:
     )
 
 
-def _steps(problems: _Problems, raw: object) -> tuple[Step, ...]:
+def _steps(src: TomlSource, raw: object) -> tuple[Step, ...]:
     if raw is None or raw == []:
-        problems.at(1, "a campaign needs at least one [[steps]] table")
+        src.problem("a campaign needs at least one [[steps]] table")
         return ()
     if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
-        problems.key("", 0, "steps", "'steps' must be a list of [[steps]] tables")
+        src.problem("'steps' must be a list of [[steps]] tables", "", "steps")
         return ()
     steps: list[Step] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(raw):
-        step = _step(problems, index, item)
+        step = _step(src, index, item)
         if step is None:
             continue
         if step.name in seen:
-            problems.key(
+            first = seen[step.name] + 1
+            src.problem(
+                f"step name {step.name!r} is used twice (first in step {first})",
                 "steps",
-                index,
                 "name",
-                f"step name {step.name!r} is used twice (first in step {seen[step.name] + 1})",
+                index,
             )
         seen.setdefault(step.name, index)
         if steps and step.offset_days <= steps[-1].offset_days:
-            problems.key(
-                "steps",
-                index,
-                "offset_days",
+            src.problem(
                 f"step {step.name!r}: offset_days {step.offset_days} must be greater than "
                 f"{steps[-1].offset_days} of the step before ({steps[-1].name!r})",
+                "steps",
+                "offset_days",
+                index,
             )
         steps.append(step)
     return tuple(steps)
@@ -303,28 +240,21 @@ def _steps(problems: _Problems, raw: object) -> tuple[Step, ...]:
 
 def _parse(path: Path) -> tuple[Campaign | None, list[str]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [f"{path}:1: cannot read: {exc}"]
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = _TOML_LINE_RE.search(str(exc))
-        line = match.group(1) if match else "1"
-        return None, [f"{path}:{line}: TOML syntax: {_TOML_LINE_RE.sub('', str(exc)).strip()}"]
-
-    problems = _Problems(path, _Locator.scan(text))
+        src = TomlSource.read(path)
+    except ConfigError as exc:  # unreadable, or not TOML: its line and nothing more to check
+        return None, exc.problems
+    data = src.data
     if not NAME_RE.match(path.stem):
-        problems.at(1, f"file name {path.stem!r}: use lower-case letters, digits, '-' or '_'")
-    _unknown_keys(problems, "", 0, data, ROOT_KEYS)
+        src.problem(f"file name {path.stem!r}: use lower-case letters, digits, '-' or '_'")
+    _unknown_keys(src, "", 0, data, ROOT_KEYS)
     description = data.get("description", "")
     if not isinstance(description, str):
-        problems.key("", 0, "description", "'description' must be a string")
+        src.problem("'description' must be a string", "", "description")
         description = ""
-    policy = _policy(problems, data.get("policy"))
-    steps = _steps(problems, data.get("steps"))
-    if problems.items:
-        return None, problems.items
+    policy = _policy(src, data.get("policy"))
+    steps = _steps(src, data.get("steps"))
+    if src.problems:
+        return None, src.problems
     campaign = Campaign(
         name=path.stem, description=description, steps=steps, policy=policy, source=str(path)
     )
@@ -337,30 +267,24 @@ def profile_problems(campaign: Campaign, profile: ComplianceProfile) -> list[str
     The planner clamps to the profile anyway; this tells staff before their setting is ignored.
     """
     path = Path(campaign.source) if campaign.source else Path(f"{campaign.name}.toml")
-    try:
-        locator = _Locator.scan(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        locator = _Locator()
-    problems = _Problems(path, locator)
+    src = _source_text(path)
     policy, who = campaign.policy, f"the {profile.name} profile"
     if policy.window_start < profile.earliest or policy.window_end > profile.latest:
         window = f"{profile.earliest:%H:%M}-{profile.latest:%H:%M}"
-        problems.key("policy", 0, "window", f"policy.window: {who} allows only {window}")
+        src.problem(f"policy.window: {who} allows only {window}", "policy", "window")
     if policy.max_per_30_days > profile.max_per_30_days:
-        problems.key(
-            "policy",
-            0,
-            "max_per_30_days",
+        src.problem(
             f"policy.max_per_30_days: {who} allows at most {profile.max_per_30_days}",
+            "policy",
+            "max_per_30_days",
         )
     if policy.min_gap_days < profile.min_gap_days:
-        problems.key(
-            "policy",
-            0,
-            "min_gap_days",
+        src.problem(
             f"policy.min_gap_days: {who} needs at least {profile.min_gap_days}",
+            "policy",
+            "min_gap_days",
         )
-    return problems.items
+    return src.problems
 
 
 def load_campaign(path: Path) -> Campaign:

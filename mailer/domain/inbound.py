@@ -387,7 +387,7 @@ def stricter_pause(
     A case a person must look at (review, or paused with no end) is never loosened into a
     timed pause; between two timed pauses the later end wins.
     """
-    if status is CaseStatus.ACTIVE:
+    if status in (CaseStatus.ACTIVE, CaseStatus.INSTALMENTS):
         return CaseStatus.PAUSED, new.until
     if status is not CaseStatus.PAUSED or current is None:
         return None

@@ -29,6 +29,7 @@ class CaseStatus(StrEnum):
     RESOLVED = "resolved"  # fully paid
     HANDED_OVER = "handed_over"  # given to an agency or a court: mailer stops
     STOPPED = "stopped"  # staff or the debtor ended automatic mail
+    INSTALMENTS = "instalments"  # an agreed plan: its own reminders (flows/instalments.py)
 
 
 class Channel(StrEnum):

@@ -12,6 +12,7 @@ from mailer.domain.calendar import (
     next_slot,
     zone,
 )
+from mailer.domain.instalments import STEP_BASE
 from mailer.domain.models import (
     STEP_TAKEN_STATES,
     ZERO,
@@ -41,6 +42,7 @@ _IDLE_STATUSES = {
     CaseStatus.STOPPED: "stopped",
     CaseStatus.HANDED_OVER: "handed over",
     CaseStatus.REVIEW: "waiting for review",
+    CaseStatus.INSTALMENTS: "on an instalment plan",  # reminded by the plan, not the campaign
 }
 
 
@@ -99,7 +101,9 @@ def plan(
     taken = -1
     times: list[datetime] = []
     for entry in history:
-        if entry.state in STEP_TAKEN_STATES and entry.step > taken:
+        # An instalment plan's reminders (from STEP_BASE) are not campaign steps: a case back
+        # from a plan goes on from the campaign's own last step.
+        if entry.state in STEP_TAKEN_STATES and taken < entry.step < STEP_BASE:
             taken = entry.step
         if entry.state is not _CANCELLED:
             times.append(entry.at)

@@ -183,27 +183,40 @@ class Inbound:
         if not wanted:
             return
         bodies = await asyncio.to_thread(box.fetch_messages, folder, sorted(wanted))
-        for uid in sorted(bodies):
-            try:
-                outcome = self.process(
-                    identity,
-                    folder,
-                    validity,
-                    uid,
-                    bodies[uid],
-                    now,
-                    readable=parsed[uid] is not None,
-                )
-            except Exception as exc:  # one bad message never stops the pass
-                log.exception("inbound message failed: %s/%s uid %s", identity, folder, uid)
-                self._quarantine(identity, folder, validity, uid, bodies[uid], None, repr(exc), now)
-                outcome = "quarantined"
+        items = [(uid, bodies[uid], parsed[uid] is not None) for uid in sorted(bodies)]
+        for outcome in self.process_many(identity, folder, validity, items, now):
             if outcome == "stored":
                 report.stored += 1
             elif outcome == "quarantined":
                 report.quarantined += 1
             elif outcome == "duplicate":
                 report.duplicates += 1
+
+    def process_many(
+        self,
+        identity: str,
+        folder: str,
+        validity: int | None,
+        items: Sequence[tuple[int | None, bytes, bool]],
+        now: datetime,
+    ) -> list[str]:
+        """``process`` for a chunk of (uid, raw, readable), committed together: one fsync per
+        chunk, not per message. Each message runs in a savepoint, so one that fails is rolled
+        back alone and quarantined, and the rest of the chunk stands."""
+        outcomes = []
+        with self.app.store.transaction():
+            for uid, raw, readable in items:
+                try:
+                    with self.app.store.savepoint():
+                        outcome = self.process(
+                            identity, folder, validity, uid, raw, now, readable=readable
+                        )
+                except Exception as exc:  # one bad message never stops the pass
+                    log.exception("inbound message failed: %s/%s uid %s", identity, folder, uid)
+                    self._quarantine(identity, folder, validity, uid, raw, None, repr(exc), now)
+                    outcome = "quarantined"
+                outcomes.append(outcome)
+        return outcomes
 
     # --- one message -----------------------------------------------------------------------
 
@@ -223,7 +236,7 @@ class Inbound:
         store = self.app.store
         digest = hashlib.sha256(raw).hexdigest()
         c = classify(raw, today=now.date())
-        message_id = _own_message_id(raw)
+        message_id = c.message_id
         if store_inbound.already_stored(store, digest, message_id):
             return "duplicate"
         if not readable or c.errors:
@@ -353,7 +366,12 @@ class Inbound:
         elif isinstance(effect, ToReview):
             current = store_inbound.case_facts(store, case_id)
             assert current is not None
-            if current.status in (CaseStatus.ACTIVE, CaseStatus.PAUSED, CaseStatus.REVIEW):
+            if current.status in (
+                CaseStatus.ACTIVE,
+                CaseStatus.PAUSED,
+                CaseStatus.REVIEW,
+                CaseStatus.INSTALMENTS,
+            ):
                 self._set_status(case_id, CaseStatus.REVIEW, effect.reason, None, now)
             self._cancel_pending(case_id, now, f"case to review: {effect.reason}")
         elif isinstance(effect, Queue):
@@ -489,17 +507,6 @@ def readdress(raw: bytes, to: str, message_id: str, when: datetime) -> bytes:
         del msg[name]
         msg[name] = value
     return msg.as_bytes(policy=email.policy.SMTP)
-
-
-def _own_message_id(raw: bytes) -> str | None:
-    """The Message-ID of a raw message, read from its header block only."""
-    end = raw.find(b"\r\n\r\n")
-    if end == -1:
-        end = raw.find(b"\n\n")
-    try:
-        return read_headers(raw[: end if end != -1 else len(raw)]).message_id
-    except Exception:
-        return None
 
 
 def _summary(c: Classification) -> dict[str, object]:

@@ -1,15 +1,19 @@
-"""What staff decide: approve or cancel a held message; resume, stop or pause a case in review."""
+"""What staff decide: approve or cancel a held message; resume, stop, pause or agree a plan."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
+from mailer.domain.instalments import split
 from mailer.domain.models import CaseStatus, MessageState
 from mailer.errors import MailerError
 from mailer.store import outbox
+from mailer.store.cases import load_cases
 from mailer.store.db import Store, iso
 from mailer.store.inbound import close_reviews
+from mailer.store.instalments import replace_plan
 
 
 def approve(store: Store, row_id: int, now: datetime, who: str) -> None:
@@ -118,3 +122,79 @@ def resolve(
             case_id=case_id,
         )  # fmt: skip
     return closed
+
+
+def agree_instalments(
+    store: Store,
+    case_id: int,
+    count: int,
+    every_days: int,
+    first_due: date | None,
+    now: datetime,
+    who: str,
+) -> list[tuple[int, date, Decimal]]:
+    """Put the case on a plan: its balance in ``count`` instalments, ``every_days`` apart.
+
+    The first falls due on ``first_due`` (default: ``every_days`` after today, UTC). The plan's
+    reminders (flows/instalments.py) replace the campaign's: anything queued or held for the
+    case is withdrawn, open review items are closed, and a plan agreed earlier is cancelled.
+    Returns the schedule as (number 1..count, due date, amount).
+    """
+    if count < 1:
+        raise MailerError(f"{count} instalments: at least one is needed")
+    if every_days < 1:
+        raise MailerError(f"instalments every {every_days} days: at least one day apart")
+    today = now.date()
+    first = first_due or today + timedelta(days=every_days)
+    if first < today:
+        raise MailerError(f"the first instalment cannot fall due in the past ({first})")
+    with store.transaction() as conn:
+        cases = list(load_cases(store, [case_id]))
+        row = conn.execute("SELECT closed_at FROM cases WHERE id = ?", (case_id,)).fetchone()
+        if not cases or row is None or row[0] is not None:
+            raise MailerError(f"no open case {case_id}")
+        case = cases[0]
+        currencies = {i.currency for i in case.open_invoices}
+        if len(currencies) > 1:
+            raise MailerError(
+                f"case {case_id} owes in several currencies ({', '.join(sorted(currencies))})"
+            )
+        try:
+            schedule = split(case.balance, count, first, every_days)
+        except ValueError as exc:
+            raise MailerError(f"case {case_id}: {exc}") from exc
+        cancelled, seqs = replace_plan(conn, case_id, schedule, now)
+        reason = f"instalment plan: {count} every {every_days} days from {first.isoformat()}"
+        conn.execute(
+            "UPDATE cases SET status = ?, status_reason = ?, paused_until = NULL,"
+            " next_action_at = ? WHERE id = ?",
+            (CaseStatus.INSTALMENTS.value, reason, iso(now), case_id),
+        )
+        for message in outbox.select(
+            store,
+            "case_id = ? AND state IN ('queued', 'deferred', 'awaiting_approval')",
+            (case_id,),
+        ):
+            outbox.move(
+                store, message, MessageState.CANCELLED, now, "message_cancelled",
+                {"by": who, "reason": "instalment plan agreed"},
+            )  # fmt: skip
+        closed = close_reviews(store, case_id, f"instalment plan agreed by {who}", now)
+        store.append_event(
+            now,
+            "instalments_agreed",
+            {
+                "by": who,
+                "balance": str(case.balance),
+                "currency": next(iter(currencies), None),
+                "every_days": every_days,
+                "schedule": [
+                    {"number": n, "seq": seq, "due_date": due.isoformat(), "amount": str(amount)}
+                    for seq, (n, due, amount) in zip(seqs, schedule, strict=True)
+                ],
+                "replaces": cancelled,
+                "reviews_closed": closed,
+            },
+            case_id=case_id,
+        )
+    return schedule

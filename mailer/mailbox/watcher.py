@@ -62,9 +62,7 @@ class Watcher:
                 await asyncio.to_thread(box.connect)
                 idle = await asyncio.to_thread(box.supports_idle)
                 self.connected = True
-                log.info(
-                    "watching %s (%s)", self.identity.address, "IDLE" if idle else "polling"
-                )
+                log.info("watching %s (%s)", self.identity.address, "IDLE" if idle else "polling")
                 while not stop():
                     await self.one_pass(box, stop)
                     backoff = 1.0

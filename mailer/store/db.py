@@ -14,9 +14,10 @@ from typing import Any
 
 import sqlite_utils
 
+from mailer.store.chain import GENESIS, ChainBreak, event_hash, first_break, sha256_hex
 from mailer.store.schema import MIGRATIONS
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "EventItem", "Store", "canonical", "event_hash", "iso"]
 
 # (kind, data, case_id, message_id, debtor_id)
 EventItem = tuple[str, dict[str, Any], int | None, int | None, str | None]
@@ -78,6 +79,19 @@ class Store:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def savepoint(self) -> Iterator[sqlite3.Connection]:
+        """Inside a transaction: all of this block or none of it, the rest of it unharmed."""
+        with self.transaction() as conn:
+            conn.execute("SAVEPOINT item")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK TO item")
+                conn.execute("RELEASE item")
+                raise
+            conn.execute("RELEASE item")
+
     # --- migrations -----------------------------------------------------------------------
 
     def schema_version(self) -> int:
@@ -126,7 +140,11 @@ class Store:
         return int(row[0])
 
     def append_events(self, at: datetime, items: list[EventItem]) -> None:
-        """Append events in order, each hash covering the one before; one statement for many."""
+        """Append events in order, each hash covering the one before; one statement for many.
+
+        The hash covers the SHA-256 of the body (see ``mailer.store.chain``), so a body can be
+        withheld from an export or redacted by a recorded purge without breaking a link.
+        """
         if not items:
             return
         with self.transaction() as conn:
@@ -145,12 +163,15 @@ class Store:
                         "data": data,
                     }
                 )
-                digest = event_hash(prev, body)
-                rows.append((stamp, kind, case_id, message_id, debtor_id, body, prev, digest))
+                body_sha = sha256_hex(body)
+                digest = event_hash(prev, body_sha)
+                rows.append(
+                    (stamp, kind, case_id, message_id, debtor_id, body, body_sha, prev, digest)
+                )
                 prev = digest
             conn.executemany(
-                "INSERT INTO events (at, kind, case_id, message_id, debtor_id, body,"
-                " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (at, kind, case_id, message_id, debtor_id, body, body_sha256,"
+                " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -176,14 +197,12 @@ class Store:
 
     def verify_chain(self) -> int | None:
         """Id of the first event whose hash or link does not hold, or None when all hold."""
-        prev = GENESIS
-        for event_id, body, prev_hash, digest in self.conn.execute(
-            "SELECT id, body, prev_hash, hash FROM events ORDER BY id"
-        ):
-            if prev_hash != prev or event_hash(prev_hash, body) != digest:
-                return int(event_id)
-            prev = digest
-        return None
+        found = self.chain_break()
+        return None if found is None else found.event_id
+
+    def chain_break(self) -> ChainBreak | None:
+        """The first event where the chain does not hold, with where and why."""
+        return first_break(self.conn)
 
     # --- content-addressed raw messages -------------------------------------------------------
 
@@ -197,16 +216,17 @@ class Store:
         return digest
 
     def get_blob(self, digest: str) -> bytes:
-        row = self.conn.execute("SELECT data FROM blobs WHERE sha256 = ?", (digest,)).fetchone()
+        """The bytes stored under ``digest``; KeyError if unknown or emptied by a purge."""
+        row = self.conn.execute(
+            "SELECT data, purged_by FROM blobs WHERE sha256 = ?", (digest,)
+        ).fetchone()
         if row is None:
             raise KeyError(digest)
+        if row[1] is not None:
+            raise KeyError(f"{digest} was purged by event {row[1]}")
         return zlib.decompress(row[0])
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         cursor = self.conn.execute(sql, args)
         cursor.row_factory = sqlite3.Row
         return cursor.fetchall()
-
-
-def event_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()

@@ -206,7 +206,39 @@ _V2 = [
         PRIMARY KEY (case_id, seq))""",
 ]
 
+# Evidence (see mailer.store.chain and mailer.evidence): from here on an event's hash covers the
+# SHA-256 of its body, so a body may be redacted by a recorded purge and the chain still verifies.
+# The append-only triggers are replaced by ones that allow exactly that one change, and nothing
+# else: a redaction keeps every hash, a purged blob keeps its name and size and loses its bytes.
+_EVENT_KEEPS = " AND ".join(
+    f"NEW.{c} IS OLD.{c}"
+    for c in ("id", "at", "kind", "case_id", "message_id", "debtor_id", "prev_hash", "hash")
+)
+_V3 = [
+    "ALTER TABLE events ADD COLUMN body_sha256 TEXT",
+    "ALTER TABLE events ADD COLUMN redacted_by INTEGER",
+    "DROP TRIGGER events_append_only_u",
+    f"""CREATE TRIGGER events_append_only_u BEFORE UPDATE ON events
+        WHEN NOT (OLD.redacted_by IS NULL AND NEW.redacted_by IS NOT NULL
+                  AND OLD.body_sha256 IS NOT NULL AND NEW.body_sha256 IS OLD.body_sha256
+                  AND {_EVENT_KEEPS})
+        BEGIN SELECT RAISE(ABORT, 'events are append-only (a recorded purge may only redact)'); END""",
+    "CREATE INDEX events_debtor ON events (debtor_id) WHERE case_id IS NULL",
+    "ALTER TABLE blobs ADD COLUMN purged_by INTEGER",
+    "DROP TRIGGER blobs_append_only_u",
+    """CREATE TRIGGER blobs_append_only_u BEFORE UPDATE ON blobs
+        WHEN NOT (OLD.purged_by IS NULL AND NEW.purged_by IS NOT NULL AND length(NEW.data) = 0
+                  AND NEW.sha256 IS OLD.sha256 AND NEW.size IS OLD.size)
+        BEGIN SELECT RAISE(ABORT, 'stored messages are never changed'); END""",
+    """CREATE TRIGGER blobs_append_only_d BEFORE DELETE ON blobs
+        BEGIN SELECT RAISE(ABORT, 'stored messages are never deleted (a purge empties them)'); END""",
+    # Retention (LOPDGDD art. 32): a closed case is first blocked, later its personal data purged.
+    "ALTER TABLE cases ADD COLUMN blocked_at TEXT",
+    "ALTER TABLE cases ADD COLUMN purged_at TEXT",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "ledger, cases, outbox, events", _V1),
     (2, "mailbox watcher, inbound mail, reviews, resends, instalments", _V2),
+    (3, "evidence: body hashes in the chain, redaction, retention", _V3),
 ]

@@ -7,6 +7,7 @@ import logging
 import re
 import ssl
 from collections.abc import Sequence
+from typing import TypeVar
 
 import aiosmtplib
 from tenacity import (
@@ -26,6 +27,7 @@ from mailer.errors import (
 from mailer.transports.base import DeliveryRefusedError, Receipt, RecipientRefusal
 
 log = logging.getLogger(__name__)
+_E = TypeVar("_E", bound=BaseException)
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)
 
 
@@ -119,14 +121,25 @@ class SmtpTransport:
             port=ident.smtp_port,
             timeout=self.timeout,
             use_tls=ident.smtp_security is SmtpSecurity.TLS,
-            start_tls=ident.smtp_security is SmtpSecurity.STARTTLS,
+            start_tls=False,  # below, by hand: a server without STARTTLS is refused, not used
             tls_context=self._tls,
             validate_certs=ident.smtp_security is not SmtpSecurity.PLAIN and ident.verify_tls,
         )
         try:
             await client.connect()
+            if ident.smtp_security is SmtpSecurity.STARTTLS:
+                await client.ehlo()
+                if not client.supports_extension("starttls"):
+                    raise IdentityUnavailableError(
+                        f"{self.server} does not offer STARTTLS; mailer never sends in clear"
+                        ' unless smtp_security = "plain" is configured'
+                    )
+                await client.starttls()
             if ident.smtp_user:
                 await client.login(ident.smtp_user, self.password or "")
+        except MailerError:
+            await _quietly_close(client)
+            raise
         except BaseException as exc:
             await _quietly_close(client)
             raise _map(exc, "connect") from exc
@@ -221,12 +234,28 @@ def _all_refused(refused: Sequence[RecipientRefusal]) -> MailerError:
     return TemporaryError(f"recipients deferred: {detail}")
 
 
+def _cause(exc: BaseException, kind: type[_E]) -> _E | None:
+    """``exc`` or the exception it was raised from (aiosmtplib wraps ssl errors on connect)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None or isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _map(exc: BaseException, stage: str) -> BaseException:
     """aiosmtplib, ssl and socket errors → mailer's tree, once, here."""
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
         return exc
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return IdentityUnavailableError(f"TLS certificate not trusted: {exc.verify_message}")
+    untrusted = _cause(exc, ssl.SSLCertVerificationError)
+    if untrusted is not None:
+        # Not retried and not the message's fault: the identity waits until a person fixes
+        # the server's certificate or the identity's ca_file.
+        return IdentityUnavailableError(
+            f"TLS certificate not trusted: {untrusted.verify_message}"
+            " (set ca_file for a private CA; verify_tls = false only if you must)"
+        )
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         return IdentityUnavailableError(f"login refused: {exc.code} {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):

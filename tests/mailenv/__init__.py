@@ -55,7 +55,7 @@ class MailEnv:
 
     dir: Path
     smtp_port: int  # Postfix "MX + trusted relay": no AUTH, loopback may relay
-    submission_port: int  # Postfix submission: AUTH PLAIN/LOGIN (no TLS) against Dovecot
+    submission_port: int  # Postfix submission: AUTH (Dovecot SASL); STARTTLS offered
     imap_port: int  # Dovecot IMAP (IDLE), plaintext login
     lmtp_port: int  # Dovecot LMTP (Postfix delivers here)
     sasl_port: int  # Dovecot auth for Postfix
@@ -68,6 +68,7 @@ class MailEnv:
     startup_seconds: float
     env: Mapping[str, str] = field(compare=False, repr=False)  # start.sh's KEY=VALUE output
     host: str = HOST
+    ca_file: Path | None = None  # the CA of submission's STARTTLS certificate (None: no TLS)
 
     # ------------------------------------------------------------ where mail lands
     def home(self, user: str) -> Path:
@@ -295,6 +296,7 @@ def start(
         remote_maildir=Path(info["MAILENV_MX_MAILDIR"]),
         startup_seconds=float(info["MAILENV_STARTUP_SECONDS"]),
         env=info,
+        ca_file=Path(info["MAILENV_CA_FILE"]) if "MAILENV_CA_FILE" in info else None,
     )
 
 

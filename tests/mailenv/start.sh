@@ -114,6 +114,34 @@ render() {  # render TEMPLATE > OUT
         -e "s|@@DOMAINS@@|$DOMAINS|g" -e "s|@@DEFAULT_TRANSPORT@@|$DEFAULT_TRANSPORT|g" \
         -e "s|@@VMAILBOX_MAPS@@|$VMAILBOX_MAPS|g" "$1"
 }
+# ---------------------------------------------------------------- TLS for submission
+# A throw-away CA and a certificate for 127.0.0.1 (and localhost): submission offers STARTTLS
+# (smtpd_tls_security_level=may, so clients that do not ask keep talking plain) and clients
+# verify it with DIR/tls/ca.pem (MAILENV_CA_FILE). Without openssl, or if it fails, the
+# environment starts without TLS and MAILENV_CA_FILE is left out.
+TLS_DIR=$DIR/tls
+if [ "$DO_POSTFIX" = 1 ] && command -v openssl >/dev/null; then
+    mkdir -p "$TLS_DIR"
+    if ! (
+        # "&&" all along: errexit does not apply inside an if condition
+        EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+        cd "$TLS_DIR" &&
+        openssl req -x509 "${EC[@]}" -keyout ca.key -out ca.pem -days 7 -subj "/CN=mailenv test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" \
+            "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" > server.ext &&
+        openssl req -new "${EC[@]}" -keyout server.key -out server.csr -subj "/CN=mail.creditor.test" &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+            -extfile server.ext -out server.pem &&
+        chmod 600 ca.key server.key
+    ) >>"$DIR/log/tls.log" 2>&1; then
+        echo "start.sh: no TLS on submission, openssl failed (see $DIR/log/tls.log)" >&2
+        rm -rf "$TLS_DIR"
+    fi
+fi
+
 render "$TPL/dovecot.conf.in" > "$DIR/dovecot/dovecot.conf"
 
 if [ "$DO_POSTFIX" = 1 ]; then
@@ -209,6 +237,7 @@ T_END=$EPOCHREALTIME
     echo "MAILENV_LMTP_PORT=$LMTP_PORT"
     [ "$DO_POSTFIX" = 1 ] && echo "MAILENV_SMTP_PORT=$SMTP_PORT" && echo "MAILENV_SUBMIT_PORT=$SUBMIT_PORT"
     echo "MAILENV_SASL_PORT=$SASL_PORT"
+    [ -f "$TLS_DIR/ca.pem" ] && echo "MAILENV_CA_FILE=$TLS_DIR/ca.pem"
     [ "$DO_MX" = 1 ] && echo "MAILENV_MX_PORT=$MX_PORT" && echo "MAILENV_MX_RULES=$DIR/remote/rules.json" && echo "MAILENV_MX_MAILDIR=$DIR/remote/Maildir"
     echo "MAILENV_PASSWORD=$PASSWORD"
     echo "MAILENV_USERS='$USERS'"

@@ -57,32 +57,41 @@ def score_entry(raw: bytes) -> dict[str, Any]:
 
 def _classify(raw: bytes, today: date | None) -> Classification:
     msg = mime.parse(bytes(raw))  # anything but bytes raises here and is reported as unreadable
-    subject = mime.header(msg, "Subject")
-    from_address = mime.first_address(mime.header(msg, "From"))
-    references = _references(msg)
-    errors: list[str] = []
-    if not any(msg.get(h) for h in ("From", "Date", "Subject", "Message-ID", "To", "Received")):
-        errors.append("no message headers: not an email")
-        return Classification(kind=Kind.OTHER, subject=subject, errors=tuple(errors))
-    ref = _message_date(msg) or today
+    head = mime.Headers(msg)
+    subject = head["Subject"]
+    from_address = mime.first_address(head["From"])
+    references = _references(head)
+    if not any(
+        head.present(h) for h in ("From", "Date", "Subject", "Message-ID", "To", "Received")
+    ):
+        return Classification(
+            kind=Kind.OTHER, subject=subject, errors=("no message headers: not an email",)
+        )
     report = read_report(msg)
+    body = report.text  # the sender's own words, whatever report is read below
     inner = report.original
     if not report.blocks and inner is not None and _is_report(inner):
         # A bounce wrapped in a provider's notice (OCN, forwarding gateways): read the inner one.
         report = read_report(inner)
-    common: dict[str, Any] = {"subject": subject, "from_address": from_address}
+    original = mime.Headers(report.original)
+    own_ids = mime.message_ids(head["Message-ID"])
+    common: dict[str, Any] = {
+        "subject": subject,
+        "from_address": from_address,
+        "message_id": f"<{own_ids[0]}>" if own_ids else None,
+    }
 
     original_id = None
     if report.original is not None:
-        ids = mime.message_ids(mime.header(report.original, "Message-ID"))
+        ids = mime.message_ids(original["Message-ID"])
         original_id = ids[0] if ids else None
         if original_id and original_id not in references:
             references = (*references, original_id)
 
-    if detect.is_feedback(msg, subject, report):
+    if detect.is_feedback(head, subject, report):
         return Classification(
             kind=Kind.FEEDBACK,
-            recipients=tuple(_feedback_recipients(msg, report)),
+            recipients=tuple(_feedback_recipients(head, original, report)),
             references=references,
             original_message_id=original_id,
             **common,
@@ -100,14 +109,14 @@ def _classify(raw: bytes, today: date | None) -> Classification:
             **common,
         )
 
-    if has_dsn or _bounce_signals(msg, subject, report):
+    if has_dsn or _bounce_signals(head, subject, report):
         recipients = dsn.failed_recipients(
             report,
-            exclude=_not_recipients(msg, report),
-            listed=sorted(_addresses(msg, "X-Failed-Recipients", "X-Bounced-Address")),
-            fallback_to=_original_to(report),
+            exclude=_not_recipients(head, original),
+            listed=sorted(_addresses(head, "X-Failed-Recipients", "X-Bounced-Address")),
+            fallback_to=original["To"],
         )
-        if recipients or has_dsn or detect.is_daemon_sender(msg):
+        if recipients or has_dsn or detect.is_daemon_sender(head):
             return Classification(
                 kind=Kind.BOUNCE,
                 recipients=tuple(recipients),
@@ -116,12 +125,13 @@ def _classify(raw: bytes, today: date | None) -> Classification:
                 **common,
             )
 
-    body, _was_html = mime.first_text(msg)
+    # Only replies need a reference day (relative dates), so the Date header is read here.
     if (
-        detect.autoreply_headers(msg)
+        detect.autoreply_headers(head)
         or detect.has_autoreply_subject(subject)
-        or (detect.looks_like_list_or_bulk(msg) and looks_like_out_of_office(subject, body))
+        or (detect.looks_like_list_or_bulk(head) and looks_like_out_of_office(subject, body))
     ):
+        ref = _message_date(head) or today
         back = return_date(subject + "\n" + body, ref) if ref else None
         vacation = (
             (
@@ -140,10 +150,11 @@ def _classify(raw: bytes, today: date | None) -> Classification:
             **common,
         )
 
-    if detect.looks_like_list_or_bulk(msg) or not body.strip():
+    if detect.looks_like_list_or_bulk(head) or not body.strip():
         return Classification(kind=Kind.OTHER, references=references, **common)
 
     text = extract_reply(body)
+    ref = _message_date(head) or today
     intent, promised = classify_intent(text, ref) if ref else classify_intent(text, date.min)
     if ref is None:
         promised = None
@@ -160,65 +171,59 @@ def _classify(raw: bytes, today: date | None) -> Classification:
 def _is_report(msg: Message) -> bool:
     if mime.content_type(msg) == "multipart/report":
         return True
-    return detect.is_daemon_sender(msg) and detect.has_bounce_subject(mime.header(msg, "Subject"))
+    head = mime.Headers(msg)
+    return detect.is_daemon_sender(head) and detect.has_bounce_subject(head["Subject"])
 
 
-def _bounce_signals(msg: Message, subject: str, report: Report) -> bool:
-    if mime.header(msg, "X-Failed-Recipients") or detect.is_daemon_sender(msg):
+def _bounce_signals(head: mime.Headers, subject: str, report: Report) -> bool:
+    if head["X-Failed-Recipients"] or detect.is_daemon_sender(head):
         return True
     if dsn.ses_notification(report.prose):
         return True
-    if detect.empty_return_path(msg) and report.original is not None:
+    if detect.empty_return_path(head) and report.original is not None:
         # A null sender returning our message: a bounce whatever its subject says.
         return detect.says_undelivered(report.prose)
     if detect.has_bounce_subject(subject):
         return (
-            detect.empty_return_path(msg)
+            detect.empty_return_path(head)
             or report.original is not None
-            or detect.autoreply_headers(msg)
+            or detect.autoreply_headers(head)
         )
     return False
 
 
-def _not_recipients(msg: Message, report: Report) -> set[str]:
+def _not_recipients(head: mime.Headers, original: mime.Headers) -> set[str]:
     """The reporting system and the original sender (us): never the address that failed."""
-    senders = _addresses(msg, "From", "To", "Return-Path", "Sender") | _addresses(
-        report.original, "From", "Return-Path", "Sender", "Reply-To"
+    senders = _addresses(head, "From", "To", "Return-Path", "Sender") | _addresses(
+        original, "From", "Return-Path", "Sender", "Reply-To"
     )
     # Sanitised corpora and aliases make the sender and the recipient the same string at times;
     # an address the original was sent to is never excluded.
-    return (
-        senders - _addresses(report.original, "To", "Cc") - _addresses(msg, "X-Failed-Recipients")
-    )
+    return senders - _addresses(original, "To", "Cc") - _addresses(head, "X-Failed-Recipients")
 
 
-def _addresses(source: Message | None, *names: str) -> set[str]:
+def _addresses(head: mime.Headers, *names: str) -> set[str]:
     out: set[str] = set()
-    if source is None:
-        return out
     for name in names:
-        for _n, addr in email.utils.getaddresses([mime.header(source, name)]):
+        value = head[name]
+        if "@" not in value:
+            continue  # nothing getaddresses could return
+        for addr in mime.addresses(value):
             if "@" in addr:
                 out.add(addr.lower())
     return out
 
 
-def _original_to(report: Report) -> str:
-    if report.original is None:
-        return ""
-    return mime.header(report.original, "To")
-
-
-def _feedback_recipients(msg: Message, report: Report) -> list[FailedRecipient]:
+def _feedback_recipients(
+    head: mime.Headers, original: mime.Headers, report: Report
+) -> list[FailedRecipient]:
     addresses: list[str] = []
-    if mime.header(msg, "X-Apple-Unsubscribe"):
+    if head["X-Apple-Unsubscribe"]:
         # Apple Mail's one-click unsubscribe comes from the subscriber's own address.
-        addresses.append(mime.first_address(mime.header(msg, "From")) or "")
-    elif report.original is not None and mime.header(report.original, "X-HmXmrOriginalRecipient"):
+        addresses.append(mime.first_address(head["From"]) or "")
+    elif report.original is not None and original["X-HmXmrOriginalRecipient"]:
         # Outlook.com (JMRP) complaints name the complaining recipient in the returned headers.
-        addresses.append(
-            dsn.clean_address(mime.header(report.original, "X-HmXmrOriginalRecipient")) or ""
-        )
+        addresses.append(dsn.clean_address(original["X-HmXmrOriginalRecipient"]) or "")
     addresses = [a for a in addresses if a]
     for block in report.blocks:
         for name in ("original-rcpt-to", "removal-recipient"):
@@ -227,7 +232,7 @@ def _feedback_recipients(msg: Message, report: Report) -> list[FailedRecipient]:
                 if addr and addr not in addresses:
                     addresses.append(addr)
     if not addresses:
-        to = dsn.clean_address(_original_to(report))
+        to = dsn.clean_address(original["To"])
         if to:
             addresses.append(to)
     return [
@@ -236,17 +241,17 @@ def _feedback_recipients(msg: Message, report: Report) -> list[FailedRecipient]:
     ]
 
 
-def _references(msg: Message) -> tuple[str, ...]:
+def _references(head: mime.Headers) -> tuple[str, ...]:
     ids: list[str] = []
     for name in ("In-Reply-To", "References"):
-        for mid in mime.message_ids(mime.header(msg, name)):
+        for mid in mime.message_ids(head[name]):
             if mid not in ids:
                 ids.append(mid)
     return tuple(ids)
 
 
-def _message_date(msg: Message) -> date | None:
-    value = mime.header(msg, "Date")
+def _message_date(head: mime.Headers) -> date | None:
+    value = head["Date"]
     if not value:
         return None
     try:

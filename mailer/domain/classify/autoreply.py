@@ -16,7 +16,6 @@ _OOO_BODY = re.compile(
     r"fora do escrit[oó]rio|de f[eé]rias|estarei ausente|resposta autom[aá]tica|"
     r"absent(?:e)? du bureau|en cong[eé]s?|je suis absent|r[eé]ponse automatique|de retour le|"
     r"nicht im b[uü]ro|abwesend|im urlaub|au[sß]er haus|automatische antwort|wieder (?:im b[uü]ro|erreichbar|da)",
-    re.IGNORECASE,
 )
 # Words after which a date is the day the person is back ("until", "back on", "hasta", "bis", ...).
 _RETURN_CUE = re.compile(
@@ -29,13 +28,14 @@ _RETURN_CUE = re.compile(
 
 
 def looks_like_out_of_office(subject: str, body: str) -> bool:
-    return bool(_OOO_BODY.search(subject) or _OOO_BODY.search(body[:3000]))
+    # Lower-case patterns on lower-cased text: far quicker than re.IGNORECASE.
+    return bool(_OOO_BODY.search(subject.lower()) or _OOO_BODY.search(body[:3000].lower()))
 
 
 def return_date(text: str, ref: date) -> date | None:
     """The day the person says they are back; the last date of a stated absence otherwise."""
     low = normalize(text[:4000])
-    mentions = [m for m in find_dates(text[:4000], ref) if m.value >= ref]
+    mentions = [m for m in find_dates(text[:4000], ref, low=low) if m.value >= ref]
     if not mentions:
         return None
     for cue in _RETURN_CUE.finditer(low):

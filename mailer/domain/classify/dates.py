@@ -129,14 +129,26 @@ class DateMention:
     value: date
 
 
-def normalize(text: str) -> str:
-    """Lower-case without accents, so "miércoles" and "miercoles" match alike; length is kept."""
-    out = []
-    for ch in text.lower():
+class _Unaccent(dict[int, str]):
+    """A `str.translate` table filled as characters are met: each one without its accents."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
         base = unicodedata.normalize("NFKD", ch)
         stripped = "".join(c for c in base if not unicodedata.combining(c))
-        out.append(stripped[:1] if len(stripped) >= 1 else ch)
-    return "".join(out)
+        out = stripped[:1] if stripped else ch
+        if len(self) < 20_000:  # hostile text cannot grow it without bound
+            self[code] = out
+        return out
+
+
+_UNACCENT = _Unaccent()
+
+
+def normalize(text: str) -> str:
+    """Lower-case without accents, so "miércoles" and "miercoles" match alike; length is kept."""
+    low = text.lower()
+    return low if low.isascii() else low.translate(_UNACCENT)
 
 
 def _on_or_after(
@@ -181,9 +193,13 @@ def _month_end(ref: date, months_ahead: int = 0) -> date:
     return date(year, month, calendar.monthrange(year, month)[1])
 
 
-def find_dates(text: str, ref: date) -> list[DateMention]:
-    """Every date the text states or implies, in reading order; unknown years resolve forward."""
-    low = normalize(text)
+def find_dates(text: str, ref: date, *, low: str | None = None) -> list[DateMention]:
+    """Every date the text states or implies, in reading order; unknown years resolve forward.
+
+    `low` is `normalize(text)` when the caller has it already.
+    """
+    if low is None:
+        low = normalize(text)
     taken: list[tuple[int, int]] = []
     found: list[DateMention] = []
 

@@ -38,12 +38,50 @@ _COMMAND_RE = (
         ),
     ),
 )
+# Reports that name the command in a field of their own: m-FILTER ("-------SMTP command\nDATA"),
+# X3 and Notes ("SMTP:RCPT host 192.0.2.8: 553 ...").
+_NAMED_COMMAND = re.compile(
+    r"smtp command\W{0,20}(data|rcpt|mail|helo|ehlo)\b|\bsmtp:(data|rcpt|mail|helo|ehlo)\s", re.I
+)
 _USER_STATUS = re.compile(r"^[45]\.(?:1\.\d+|4\.1|5\.0)$")  # codes servers give unknown users
-_FILTER_STATUS = re.compile(r"^[45]\.(?:2\.[01]|7\.1|3\.0)$")  # codes of mailbox filters
-# Text reasons a specific status code overrides: they are what a server says in passing
-# ("Recipient address rejected: ...") while the code names the real cause.
+# Codes that name a refusal of the mailbox or the message, not an unknown address: X.2.0/X.2.1
+# (mailbox status, "mailbox disabled"), X.3.0 (the destination system) and X.7.1 ("delivery not
+# authorized"). With them, "user unknown" is a filter's wording unless it was said at RCPT.
+_FILTER_STATUS = re.compile(r"^[45]\.(?:2\.[01]|3\.0|7\.1)$")
+# qmail appends its give-up sentence to the last error it met; that error is the cause.
+_QMAIL_GAVE_UP = re.compile(
+    r"i'?m not going to try again; this\s+message has been in the queue too long\.?", re.I
+)
+# Exchange Online refuses addresses its directory does not know with 5.4.1 ("Recipient address
+# rejected: Access denied", directory-based edge blocking), although RFC 3463 says X.4.1 is
+# "no answer from host": the words decide, not the code.
+_DIRECTORY_REJECT = re.compile(r"recipient address rejected", re.I)
+# Text reasons a specific status code overrides: they are what a server says in passing ("not
+# found", "content rejected") while a code such as X.2.2 or X.7.26 names the real cause.
 _WEAK_TEXT = frozenset(
     {Reason.USER_UNKNOWN, Reason.FILTERED, Reason.SYSTEM_ERROR, Reason.CONTENT_ERROR}
+)
+# What a server says around a refusal ("rejected by policy", "access denied"): a code naming a bad
+# destination mailbox (X.1.1) is the more specific signal and beats it.
+_REFUSAL_TEXT = frozenset(
+    {
+        Reason.POLICY_VIOLATION,
+        Reason.FILTERED,
+        Reason.SECURITY_ERROR,
+        Reason.SYSTEM_ERROR,
+        Reason.CONTENT_ERROR,
+    }
+)
+# The reasons the SMTP command can change (below); for any other the command is not looked for.
+_COMMAND_DECIDES = frozenset(
+    {
+        None,
+        Reason.USER_UNKNOWN,
+        Reason.HOST_UNKNOWN,
+        Reason.FILTERED,
+        Reason.REJECTED,
+        Reason.ON_HOLD,
+    }
 )
 _STRONG_STATUS = frozenset(
     {
@@ -68,35 +106,47 @@ def smtp_command(text: str) -> str:
     for command, pattern in _COMMAND_RE:
         if pattern.search(text):
             return command
+    named = _NAMED_COMMAND.search(text)
+    if named:
+        word = (named.group(1) or named.group(2)).upper()
+        return "HELO" if word == "EHLO" else word
     return ""
 
 
-def decide_reason(
-    diagnostic: str, status: str, context: str, *, reported_status: bool = True
-) -> Reason | None:
+def decide_reason(diagnostic: str, status: str, context: str) -> Reason | None:
     """Combine the server's words, the status code and the SMTP command into one reason."""
+    gave_up = _QMAIL_GAVE_UP.search(diagnostic)
+    if gave_up and diagnostic[: gave_up.start()].strip():
+        diagnostic = diagnostic[: gave_up.start()]
     # The line that names the recipient speaks for it; later lines may be another attempt's.
     text_reason = reason_from_text(diagnostic.strip().split("\n", 1)[0]) or reason_from_text(
         diagnostic
     )
     status_reason = reason_from_status(status) if status else None
-    command = smtp_command(diagnostic or context)
+    if status[1:] == ".4.1" and _DIRECTORY_REJECT.search(diagnostic):
+        status_reason = Reason.USER_UNKNOWN
+        if text_reason is None or text_reason is Reason.EXPIRED:
+            text_reason = Reason.USER_UNKNOWN
     reason = text_reason
     if status_reason is not None and (
-        reason is None or (reason in _WEAK_TEXT and status_reason in _STRONG_STATUS)
+        reason is None
+        or (reason in _WEAK_TEXT and status_reason in _STRONG_STATUS)
+        or (reason in _REFUSAL_TEXT and status[1:] == ".1.1")
     ):
         reason = status_reason
-    # "User unknown" after the message was sent, with a filter's code, or in a DSN whose status
-    # names no cause, is a filter's answer (Sisimai's "filtered"): the address may well exist.
+    command = ""
+    if reason in _COMMAND_DECIDES:
+        # Exim and Sendmail say where the session failed in their prose, not in the DSN's
+        # Diagnostic-Code: look there when the server's own words do not say.
+        command = smtp_command(diagnostic) or (smtp_command(context) if context else "")
+    # "User unknown" after the message was sent, or under a code that names a refusal rather
+    # than an unknown address, is a filter's answer (Sisimai's "filtered"): the address may well
+    # exist. A code that names no cause (X.0.0) leaves the words to decide.
     if (
         reason is Reason.USER_UNKNOWN
         and command != "RCPT"
         and not _USER_STATUS.match(status)
-        and (
-            command == "DATA"
-            or _FILTER_STATUS.match(status)
-            or (reported_status and status[1:] == ".0.0")
-        )
+        and (command == "DATA" or _FILTER_STATUS.match(status))
     ):
         reason = Reason.FILTERED
     if (
@@ -116,4 +166,6 @@ def decide_reason(
         reason = Reason.NETWORK_ERROR  # a DNS failure that may pass
     if reason is None and context and context != diagnostic:
         reason = reason_from_text(context)
+    if reason is None and gave_up:
+        reason = Reason.EXPIRED
     return reason

@@ -131,11 +131,13 @@ def _from_prose(report: Report, exclude: set[str]) -> list[_Found]:
             continue
         seen.add(addr)
         # The recipient's diagnostic: its own line plus what follows, up to the next recipient.
-        end = (
-            hits[i + 1][0]
-            if i + 1 < len(hits) and hits[i + 1][0] > number
-            else min(len(lines), number + 12)
-        )
+        # Lines naming the same address again belong to it: Sendmail lists it above its
+        # transcript, Exim repeats it in "after RCPT TO:<x>".
+        last = i
+        while last + 1 < len(hits) and hits[last + 1][1] == addr:
+            last += 1
+        following_hit = hits[last + 1][0] if last + 1 < len(hits) else -1
+        end = following_hit if following_hit > number else min(len(lines), hits[last][0] + 12)
         following = "\n".join(lines[number + 1 : max(end, number + 1)])
         found.append(_Found(address=addr, diagnostic=(rest + "\n" + following).strip()))
     return found
@@ -232,7 +234,7 @@ def _judge(f: _Found, prose: str) -> FailedRecipient:
     text_status = status_in_text(diagnostic) or (status_in_text(prose) if not status else "")
     if not status or (status.endswith(".0.0") and text_status and text_status[0] == status[0]):
         status = text_status or status
-    reason = decide_reason(f.diagnostic.strip(), status, prose, reported_status=bool(f.status))
+    reason = decide_reason(f.diagnostic.strip(), status, prose)
     delayed = f.action == "delayed" or (
         not f.action and not status and bool(_DELAY_WORDS.search(prose + diagnostic))
     )

@@ -104,7 +104,7 @@ def classify_intent(text: str, ref: date) -> tuple[Intent, date | None]:
 
 def _promised_date(text: str, low: str, at: int, ref: date) -> date | None:
     """The first date in the sentence of the promise, else the first one after it."""
-    mentions = find_dates(text, ref)
+    mentions = find_dates(text, ref, low=low)
     if not mentions:
         return None
     start = max(low.rfind(".", 0, at), low.rfind("\n", 0, at), 0)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from email.message import Message
 from email.policy import compat32
 
+from mailer.domain.classify import fastmime
+
 # An address as MTAs print it: bare, in <>, after "rfc822;", quoted local parts included.
 ADDRESS_RE = re.compile(
     r"""(?:"[^"\r\n]{1,64}"|[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64})@"""
@@ -22,26 +24,100 @@ MESSAGE_ID_RE = re.compile(r"<([^<>\s@]+@[^<>\s]+)>")
 
 def parse(raw: bytes) -> Message:
     """compat32 parses anything and defers header decoding, so broken headers cannot raise here."""
-    return email.message_from_bytes(raw, policy=compat32)
+    return parse_text(raw.decode("ascii", "surrogateescape"))  # as message_from_bytes reads it
+
+
+def parse_text(text: str) -> Message:
+    """The quick reader for ordinary MIME, the email package's parser for anything else."""
+    msg = fastmime.parse(text)
+    return msg if msg is not None else email.message_from_string(text, policy=compat32)
 
 
 def header(msg: Message, name: str) -> str:
     """A header decoded to text; "" when absent or undecodable (RFC 2047 errors are common)."""
     value = msg.get(name)
-    if value is None:
-        return ""
-    try:
-        text = str(email.header.make_header(email.header.decode_header(str(value))))
-    except Exception:
-        text = str(value)
-    return re.sub(r"\s+", " ", text).strip()
+    return "" if value is None else _decode(value)
+
+
+def _decode(value: object) -> str:
+    if isinstance(value, str) and "=?" not in value:
+        text = value  # nothing encoded: decode_header/make_header would give it back as it is
+    else:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(str(value))))
+        except Exception:
+            text = str(value)
+    return " ".join(text.split())
+
+
+class Headers:
+    """One message's headers by name, each decoded once: what every rule of the classifier reads.
+
+    `Message.get` scans the whole header list on every call; a classification asks for some
+    twenty names, so the list is read once into a dict here (the first occurrence wins, as with
+    `get`).
+    """
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, msg: Message | None) -> None:
+        raw: dict[str, tuple[str, str]] = {}
+        if msg is not None:
+            for name, value in msg.raw_items():
+                key = name.lower()
+                if key not in raw:
+                    raw[key] = (name, value)
+        self._raw = raw
+        self._decoded: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        """The decoded value; "" when absent."""
+        text = self._decoded.get(name)  # cached under the spelling asked for
+        if text is None:
+            found = self._raw.get(name.lower())
+            # What `msg.get` returns: compat32 wraps 8-bit values in a Header.
+            text = "" if found is None else _decode(compat32.header_fetch_parse(*found))
+            self._decoded[name] = text
+        return text
+
+    def present(self, name: str) -> bool:
+        """Whether the header is there with a non-empty raw value (what `msg.get(name)` tests)."""
+        found = self._raw.get(name.lower())
+        return found is not None and bool(found[1])
+
+
+# The plain forms most address headers take: "a@b.example", "a@b.example (Some Name)" and
+# "Some Name <a@b.example>", with dot-atom addresses. email.utils reads them character by
+# character; these give the same answer.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN_ADDRESS = re.compile(
+    rf"\s*(?:({_DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?:\s*\([^()\\\"]*\))?"
+    rf"|[A-Za-z0-9 _'-]*<\s*({_DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)\s*>)\s*"
+)
+
+
+def addresses(value: str) -> list[str]:
+    """The addresses of an address header (`email.utils.getaddresses`), as written."""
+    if not value:
+        return []
+    found = []
+    for item in value.split(","):
+        m = _PLAIN_ADDRESS.fullmatch(item)
+        if m is None:
+            return [addr for _name, addr in email.utils.getaddresses([value])]
+        found.append(m.group(1) or m.group(2))
+    return found
 
 
 def first_address(value: str) -> str | None:
-    try:
-        _name, addr = email.utils.parseaddr(value)
-    except Exception:
-        addr = ""
+    m = _PLAIN_ADDRESS.fullmatch(value)
+    if m is not None:
+        addr = m.group(1) or m.group(2)
+    else:
+        try:
+            _name, addr = email.utils.parseaddr(value)
+        except Exception:
+            addr = ""
     if addr and "@" in addr:
         return addr.strip().lower()
     found = ADDRESS_RE.search(value)
@@ -68,9 +144,8 @@ def decode_payload(part: Message) -> str:
     if not isinstance(payload, bytes):
         raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
-    charset = "utf-8"
     try:
-        charset = part.get_content_charset() or "utf-8"
+        charset = _charset(part) or "utf-8"
     except Exception:
         charset = "utf-8"
     for candidate in (charset, "utf-8"):
@@ -79,6 +154,16 @@ def decode_payload(part: Message) -> str:
         except (LookupError, UnicodeDecodeError):
             continue
     return payload.decode("latin-1")
+
+
+def _charset(part: Message) -> str | None:
+    """`part.get_content_charset()`, read directly when the Content-Type parameters are plain."""
+    charset = fastmime.simple_param(part.get("Content-Type"), "charset")
+    if charset is fastmime.NOT_SIMPLE:
+        return part.get_content_charset()
+    if isinstance(charset, str):
+        return charset.lower() if charset.isascii() else None
+    return None
 
 
 def walk(msg: Message) -> Iterator[Message]:
@@ -99,7 +184,9 @@ def html_to_text(markup: str) -> str:
 
 
 def unfold(text: str) -> str:
-    return re.sub(r"\r\n?", "\n", text)
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def first_text(msg: Message) -> tuple[str, bool]:

@@ -108,6 +108,7 @@ class Classification:
     references: tuple[str, ...] = ()  # Message-IDs this answers or bounces
     original_message_id: str | None = None  # bounces: Message-ID of the message that failed
     from_address: str | None = None
+    message_id: str | None = None  # the message's own Message-ID, in <...> form
     subject: str = ""
     errors: tuple[
         str, ...

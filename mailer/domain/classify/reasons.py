@@ -10,7 +10,15 @@ from mailer.domain.classify.model import Reason
 # matters: the first reason whose pattern matches wins, so the specific causes ("over quota",
 # "spam", "SPF") come before the generic ones that often share a sentence with them ("rejected").
 _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
-    (Reason.HOST_UNKNOWN, (r"the account or domain may not exist",)),
+    # Definite "no such host" answers, ahead of the DNS errors that share their sentence
+    # (Postfix: "Host or domain name not found. Name service error for name=...").
+    (
+        Reason.HOST_UNKNOWN,
+        (
+            r"the account or domain may not exist|host or domain name not found",
+            r"dns lookup failure: host \S+ not found",
+        ),
+    ),
     (Reason.NOT_ACCEPT, (r"no mx found for domain|null mx|does not accept (?:any )?mail",)),
     (
         Reason.MAILER_ERROR,
@@ -162,7 +170,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"blacklist|blocklist|block list|black list|\brbl\b|dnsbl|spamhaus|spamcop|barracuda",
             r"client host (?:\[[^\]]*\] )?(?:rejected|blocked)|access from ip address .* blocked",
             r"(?:your|the|sending) ip (?:address )?(?:\S+ )?(?:is |has been )?(?:blocked|listed|banned|rejected)",
-            r"\bip\b.* (?:is )?(?:blocked|blacklisted|listed)|blocked using|listed (?:in|at|on)",
+            r"\bip\b.* (?:is )?(?:blocked|blacklisted|listed)|blocked using|(?<!not )listed (?:in|at|on)",
             r"connection (?:refused|dropped|reset|rejected)|go away|dynamic ip|dial-?up",
             r"not currently accepting mail from your ip|rejecting open proxy",
             r"please (?:use|get) |hosts with dynamic|mismatches client ip|reputation problems",
@@ -172,6 +180,8 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"banned sending ip|access denied, banned|blocked for abuse|messages from [\d.]+ weren't sent",
             r"sender ip address rejected|confirm this mail server|not allowed to send mail from",
             r"poor email reputation|\[ts0[0-9]\]|\brl0\d|domain .* mismatches",
+            # T-Online: "554 IP=x - A problem occurred. (Ask your postmaster ...) (BL)"
+            r"a problem occurred\. \(ask your postmaster",
         ),
     ),
     (
@@ -231,7 +241,7 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"mailbox (?:not found|unavailable|is unavailable|unavaiable|not present|invalid)",
             r"email account that you tried to reach does not exist|address does not exist",
             r"is not a (?:valid|known) (?:user|mailbox|recipient)|not a valid (?:recipient|user)",
-            r"no mailbox (?:here|found|by that name)|recipient rejected|recipient address rejected",
+            r"no mailbox (?:here|found|by that name)",
             r"requested action not taken: mailbox unavailable|resolver\.adr\.recipient",
             r"no account by that name|there is no one at this address|utilisateur inconnu",
             r"no existe|nessun utente|badrcptto|validrcptto|not listed in domino directory",
@@ -240,7 +250,9 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"addressee unknown|recipient not ok|no valid recipients|destination addresses",
             r"user doesn't have a|not a local address|recipient is not local|unknown local.?part",
             r"email address could not be found|is not a known user|user missing home",
-            r"address rejected|cannot be delivered to this address|delivery to .* failed permanently",
+            r"cannot be delivered to this address",
+            r"not listed in (?:the )?public name (?:&|and) address book",  # Lotus Domino
+            r"check (?:if|that|whether) (?:the )?(?:e-?mail )?address is (?:correct|valid)",
             r"mailbox is not available|not found in (?:the )?directory|in name directory",
         ),
     ),
@@ -261,7 +273,8 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
             r"could not find a gateway for|delivery time expired|not been collected after",
             r"message expired|expired after|in (?:the )?queue too long|queue period",
             r"retry time not reached|retry timeout exceeded|server did not respond",
-            r"could not be delivered within|has not been delivered for|delayed for more than",
+            r"(?:not|n't) (?:been )?delivered within|has not been delivered for|delayed for more than",
+            r"(?:host|server) (?:is )?not responding|failed (?:after )?\d+ (?:delivery )?attempts",
             r"did not accept our requests to connect|envelope expired",
             r"unable to deliver .* within|delivery (?:attempts )?(?:will )?(?:continue|be retried)",
             r"not yet been delivered|still trying|will retry|could not deliver for",
@@ -270,7 +283,10 @@ _PHRASES: tuple[tuple[Reason, tuple[str, ...]], ...] = (
     (Reason.SYSTEM_FULL, (r"mail system full|system (?:is )?full|disk full|out of disk",)),
     (
         Reason.SYNTAX_ERROR,
-        (r"syntax error|command unrecognized|unrecognized command|bad sequence of commands",),
+        (
+            r"syntax error|command unrecognized|unrecognized command",
+            r"(?:bad|improper|wrong) sequence of commands",
+        ),
     ),
     (
         Reason.SYSTEM_ERROR,
@@ -330,6 +346,7 @@ _BY_STATUS: dict[str, Reason] = {
     "5.4": Reason.SYNTAX_ERROR,
     "6.0": Reason.CONTENT_ERROR,
     "7.0": Reason.SECURITY_ERROR,
+    "7.1": Reason.SECURITY_ERROR,  # "delivery not authorized, message refused"
     "7.7": Reason.POLICY_VIOLATION,
     "7.9": Reason.SECURITY_ERROR,
     "7.13": Reason.SUSPEND,

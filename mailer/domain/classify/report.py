@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import email
 import re
 from dataclasses import dataclass, field
 from email.message import Message
-from email.policy import compat32
 
 from mailer.domain.classify import mime
 
@@ -19,6 +17,8 @@ _DSN_FIELD_RE = re.compile(
     r"authentication-results|reported-domain|arrival-date|incidents)\s*:",
     re.IGNORECASE,
 )
+# Searched in lower-cased text: re.IGNORECASE would cost several times more on long bodies.
+_DSN_FIELD_ANYWHERE = re.compile(_DSN_FIELD_RE.pattern, re.MULTILINE)
 # Headers that show the returned original message has started inside a prose body.
 _ORIGINAL_HEADER_RE = re.compile(
     r"^(?:return-path|received|message-id|subject|from|to|date|dkim-signature|mime-version|"
@@ -40,8 +40,9 @@ _ORIGINAL_MARKERS = re.compile(
     r"|content-type: message/rfc822"
     r"|\*+ ?original message"
     r")",
-    re.IGNORECASE | re.MULTILINE,
-)
+    re.MULTILINE,
+)  # lower-case, searched in lower-cased text (see _DSN_FIELD_ANYWHERE)
+_ORIGINAL_MARKERS_ANY_CASE = re.compile(_ORIGINAL_MARKERS.pattern, re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,10 @@ class Report:
     report_type: str  # "delivery-status", "feedback-report", "disposition-notification" or ""
     html_only: bool = False
     notes: tuple[str, ...] = field(default=())
+    # The sender's own words: the first text/plain part outside attached messages, else the first
+    # HTML one as text (what `mime.first_text` returns, found on the same walk).
+    text: str = ""
+    text_was_html: bool = False
 
 
 _STARTS_RECIPIENT = frozenset({"final-recipient", "original-recipient", "action", "status"})
@@ -91,6 +96,8 @@ def field_blocks(text: str) -> list[dict[str, str]]:
 
 def _embedded_blocks(text: str) -> list[dict[str, str]]:
     """DSN fields pasted in a prose part: keep only the blocks that really are report fields."""
+    if not _DSN_FIELD_ANYWHERE.search(text.lower()):
+        return []
     lines = [
         ln
         for ln in mime.unfold(text).split("\n")
@@ -104,7 +111,12 @@ def _embedded_blocks(text: str) -> list[dict[str, str]]:
 
 def _split_prose(text: str) -> tuple[str, Message | None]:
     """Cut a prose body where the returned original starts (a marker line or a run of headers)."""
-    marker = _ORIGINAL_MARKERS.search(text)
+    low = text.lower()
+    marker = (
+        _ORIGINAL_MARKERS.search(low)
+        if len(low) == len(text)  # offsets agree: always so but for a few Unicode letters
+        else _ORIGINAL_MARKERS_ANY_CASE.search(text)
+    )
     cut = marker.start() if marker else None
     lines = text.split("\n")
     offset = 0
@@ -139,7 +151,7 @@ def _split_prose(text: str) -> tuple[str, Message | None]:
     original = None
     if start:
         try:
-            original = email.message_from_string(rest[start.start() :], policy=compat32)
+            original = mime.parse_text(rest[start.start() :])
         except Exception:
             original = None
     return text[:cut], original
@@ -167,19 +179,26 @@ _LOST_BOUNDARY = re.compile(r"^--(\S{6,200})\s*\n(?:.*\n){0,2}?content-type:", r
 
 
 class _Collector:
-    """Walks the MIME tree once, sorting parts into prose, report fields and the original."""
+    """Walks the MIME tree once, sorting parts into prose, report fields and the original, and
+    noting on the way the sender's own text (see `Report.text`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Message) -> None:
+        self.root = root
         self.prose: list[str] = []
-        self.html: list[str] = []
+        self.html: list[str] = []  # markup, made text only if there is no plain prose
         self.blocks: list[dict[str, str]] = []
         self.original: Message | None = None
         self.report_type = ""
+        self.past_message = False  # an attached message was met: later text is not the sender's
+        self.plain: str | None = None
+        self.first_html: str | None = None
 
-    def visit(self, part: Message, depth: int = 0) -> None:
+    def visit(self, part: Message, depth: int = 0, repaired: bool = False) -> None:
         if depth > 30:
             return  # a pathological nesting: what was read so far is enough
         ctype = mime.content_type(part)
+        if not repaired and part is not self.root and ctype.startswith("message/"):
+            self.past_message = True
         if ctype in _ORIGINAL_TYPES:
             if self.original is None:
                 self.original = _as_message(part)
@@ -188,27 +207,38 @@ class _Collector:
             self.blocks.extend(field_blocks(_raw_text(part)))
             self.report_type = self.report_type or ctype.split("/")[1].replace("global-", "")
             return
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            for sub in payload:
+        if part.is_multipart():  # get_payload() of an 8-bit text part would decode it whole
+            for sub in part.get_payload():
                 if isinstance(sub, Message):
-                    self.visit(sub, depth + 1)
+                    self.visit(sub, depth + 1, repaired)
             return
+        if not ctype.startswith(("text/", "multipart/")) and self.prose:
+            return  # an attachment: prose only when nothing else was
         text = mime.decode_payload(part)
-        repaired = (
-            _repair(text) if ctype.startswith("multipart/") or ctype == "text/plain" else None
-        )
-        if repaired is not None:
-            self.visit(repaired, depth + 1)
+        if (
+            not repaired
+            and not self.past_message
+            and ctype in ("text/plain", "text/html")
+            and not str(part.get("Content-Disposition", "")).lower().startswith("attachment")
+        ):
+            if ctype == "text/plain" and self.plain is None:
+                self.plain = mime.unfold(text)
+            elif ctype == "text/html" and self.first_html is None:
+                self.first_html = text
+        fixed = _repair(text) if ctype.startswith("multipart/") or ctype == "text/plain" else None
+        if fixed is not None:
+            self.visit(fixed, depth + 1, True)
         elif ctype == "text/html":
-            self.html.append(mime.html_to_text(text))
+            self.html.append(text)
         elif ctype.startswith(("text/", "multipart/")) or not self.prose:
             self.prose.append(text)
 
 
 def _repair(text: str) -> Message | None:
     """Re-read a body that is really MIME whose boundary the headers lost (or never declared)."""
-    m = _LOST_BOUNDARY.search(text)
+    if not text.startswith("--") and "\n--" not in text[:302]:
+        return None
+    m = _LOST_BOUNDARY.search(text[:8192])
     if m is None or m.start() > 300:
         # Only a body that starts as MIME; boundaries further down belong to a quoted original.
         return None
@@ -217,7 +247,7 @@ def _repair(text: str) -> Message | None:
         return None
     head = f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n'
     try:
-        repaired = email.message_from_string(head + text, policy=compat32)
+        repaired = mime.parse_text(head + text)
     except Exception:
         return None
     payload = repaired.get_payload()
@@ -225,24 +255,42 @@ def _repair(text: str) -> Message | None:
 
 
 def read_report(msg: Message) -> Report:
-    collector = _Collector()
+    collector = _Collector(msg)
+    root_type = mime.content_type(msg)
     try:
-        if mime.content_type(msg) == "multipart/report":
+        if root_type == "multipart/report":
             collector.report_type = str(msg.get_param("report-type") or "").lower()
     except Exception:
         collector.report_type = ""
     collector.visit(msg)
+    as_text: dict[int, str] = {}
+
+    def html_text(markup: str) -> str:
+        if id(markup) not in as_text:
+            as_text[id(markup)] = mime.html_to_text(markup)
+        return as_text[id(markup)]
+
     html_only = not collector.prose and bool(collector.html)
-    prose = mime.unfold("\n\n".join(collector.prose or collector.html))
+    prose = mime.unfold("\n\n".join(collector.prose or [html_text(h) for h in collector.html]))
     prose, embedded_original = _split_prose(prose)
     original = collector.original or embedded_original
     blocks = collector.blocks or _embedded_blocks(prose)
+    if root_type.startswith("message/"):
+        text, was_html = mime.first_text(msg)  # a bare attached message: walk it as mail readers do
+    elif collector.plain is not None:
+        text, was_html = collector.plain, False
+    elif collector.first_html is not None:
+        text, was_html = html_text(collector.first_html), True
+    else:
+        text, was_html = "", False
     return Report(
         prose=prose,
         blocks=tuple(blocks),
         original=original,
         report_type=collector.report_type,
         html_only=html_only,
+        text=text,
+        text_was_html=was_html,
     )
 
 
@@ -250,16 +298,18 @@ def _raw_text(part: Message) -> str:
     """A report part's body as text, whether `email` parsed it into sub-messages or not."""
     payload = part.get_payload()
     if isinstance(payload, list):
+        # The email package made each field block a header-only message: write the fields back.
         chunks = []
         for sub in payload:
+            if not isinstance(sub, Message):
+                chunks.append(str(sub))
+                continue
             try:
-                chunks.append(sub.as_string() if isinstance(sub, Message) else str(sub))
+                block = "\n".join(f"{k}: {v}" for k, v in sub.items())
+                body = sub.get_payload()
             except Exception:
-                chunks.append(
-                    "\n".join(f"{k}: {v}" for k, v in sub.items())
-                    if isinstance(sub, Message)
-                    else ""
-                )
+                continue  # an unreadable block: the others still count
+            chunks.append(block + "\n\n" + body if isinstance(body, str) and body else block)
         return "\n\n".join(chunks)
     return mime.decode_payload(part)
 
@@ -272,6 +322,6 @@ def _as_message(part: Message) -> Message | None:
     if not text.strip():
         return None
     try:
-        return email.message_from_string(text.lstrip(), policy=compat32)
+        return mime.parse_text(text.lstrip())
     except Exception:
         return None
