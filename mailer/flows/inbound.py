@@ -122,6 +122,8 @@ class Inbound:
         validity, uidnext = await asyncio.to_thread(box.folder_status, folder)
         mark = store_inbound.checkpoint(store, identity, folder)
         if mark is not None and mark.uidvalidity == validity:
+            if 0 < uidnext <= mark.last_uid + 1:
+                return  # UIDNEXT has not moved: nothing arrived since the last pass
             uids = await asyncio.to_thread(box.uids_after, folder, mark.last_uid)
             last = mark.last_uid
         else:
