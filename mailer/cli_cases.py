@@ -13,7 +13,7 @@ from rich.table import Table
 
 from mailer.domain.calendar import local_wall_to_utc, zone
 from mailer.errors import MailerError
-from mailer.flows.staff import Resolution, resolve
+from mailer.flows.staff import Resolution, agree_instalments, resolve
 from mailer.store import inbound as store_inbound
 from mailer.store.db import Store
 
@@ -177,9 +177,7 @@ def resolve_cmd(
     if instalments is not None:
         if every_days is None:
             raise click.UsageError("--instalments needs --every DAYS")
-        from mailer.flows.staff import agree_instalments  # type: ignore[attr-defined,unused-ignore]
-
-        first = first_due.date() if first_due else obj.now.date() + timedelta(days=every_days)
+        first = first_due.date() if first_due else None  # default: --every days from today
         schedule = agree_instalments(
             app.store, case_id, instalments, every_days, first, obj.now, who
         )

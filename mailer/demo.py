@@ -48,6 +48,13 @@ class DemoResult:
     chain_ok: bool
 
 
+def demo_users(password: str) -> dict[str, str]:
+    """Every demo identity's mailbox with ``password``, which is also put where the config
+    written by ``write_config`` reads it ($MAILER_DEMO_PASSWORD), as a real deployment would."""
+    os.environ["MAILER_DEMO_PASSWORD"] = password
+    return {address: password for address, _ in IDENTITIES.values()}
+
+
 def write_config(workdir: Path, servers: LocalMailServers, *, grace_seconds: int = 60) -> Path:
     """A mailer.toml for the embedded servers (also used by the tests)."""
     identities = "".join(
@@ -142,9 +149,7 @@ def run_demo(
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    password = secrets.token_urlsafe(12)
-    os.environ["MAILER_DEMO_PASSWORD"] = password  # read by the config, as a real deployment would
-    users = {address: password for address, _ in IDENTITIES.values()}
+    users = demo_users(secrets.token_urlsafe(12))
     with running_local_servers(workdir / "servers", users) as servers:
         console.print(
             f"[bold]mailer demo[/] — SMTP on {servers.smtp_host}:{servers.smtp_port}, "

@@ -19,16 +19,25 @@ from email.utils import format_datetime
 from mailer.localservers import LocalMailServers, deliver
 
 
-def reply_to(original: bytes, sender: str, text: str, when: datetime) -> bytes:
-    """A person's answer to ``original``: threaded, with the quoted original below."""
+def _answer_headers(
+    original: bytes, sender: str, subject_prefix: str, when: datetime
+) -> tuple[EmailMessage, EmailMessage]:
+    """The parsed original and the headers of an answer to it from ``sender``."""
     parent = email.message_from_bytes(original, policy=email.policy.default)
+    assert isinstance(parent, EmailMessage)
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = str(parent.get("Reply-To") or parent.get("From", ""))
-    msg["Subject"] = "Re: " + str(parent.get("Subject", ""))
+    msg["Subject"] = subject_prefix + str(parent.get("Subject", ""))
     msg["Date"] = format_datetime(when)
     msg["Message-ID"] = f"<{secrets.token_hex(8)}@{sender.rsplit('@', 1)[-1].strip('>')}>"
     msg["In-Reply-To"] = str(parent["Message-ID"])
+    return parent, msg
+
+
+def reply_to(original: bytes, sender: str, text: str, when: datetime) -> bytes:
+    """A person's answer to ``original``: threaded, with the quoted original below."""
+    parent, msg = _answer_headers(original, sender, "Re: ", when)
     msg["References"] = str(parent["Message-ID"])
     body = parent.get_body(preferencelist=("plain",))
     quoted = ""
@@ -40,14 +49,7 @@ def reply_to(original: bytes, sender: str, text: str, when: datetime) -> bytes:
 
 def auto_reply(original: bytes, sender: str, text: str, when: datetime) -> bytes:
     """An out-of-office answer (RFC 3834), as a mail server's vacation responder sends it."""
-    parent = email.message_from_bytes(original, policy=email.policy.default)
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = str(parent.get("From", ""))
-    msg["Subject"] = "Auto: " + str(parent.get("Subject", ""))
-    msg["Date"] = format_datetime(when)
-    msg["Message-ID"] = f"<{secrets.token_hex(8)}@{sender.rsplit('@', 1)[-1].strip('>')}>"
-    msg["In-Reply-To"] = str(parent["Message-ID"])
+    _parent, msg = _answer_headers(original, sender, "Auto: ", when)
     msg["Auto-Submitted"] = "auto-replied"
     msg.set_content(text)
     return msg.as_bytes()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from click.testing import CliRunner
-from test_watcher import BILLING, Office, answer, app, case_row, sent_to, servers
+from test_watcher import BILLING, Office, answer, app, case_row, sent_to
 
 from mailer.app import App
 from mailer.cli import main
 from mailer.localservers import LocalMailServers, deliver
 
-__all__ = ["app", "servers"]  # the fixtures, shared with test_watcher
+__all__ = ["app"]  # the fixture, shared with test_watcher
 
 
 def run(app: App, *args: str) -> str:
@@ -65,6 +65,9 @@ def test_review_case_and_resolve(app: App, servers: LocalMailServers) -> None:
     assert "paused until 2026-01-22T23:00:00+00:00" in out  # + 3 grace days, Madrid midnight
     assert case_row(app, "D2") == ("paused", "2026-01-22T23:00:00+00:00")
     assert run(app, "review").strip() == "nothing to review"
+    plan = run(app, "resolve", "2", "--instalments", "2", "--every", "30")
+    assert "instalment 1: 250.00 due 2026-02-07" in plan and "instalment 2: 250.00" in plan
+    assert case_row(app, "D2")[0] == "instalments"
     result = CliRunner().invoke(main, ["--config", str(app.settings.source), "resolve", "2"])
     assert result.exit_code != 0 and "exactly one" in result.output
     kinds = [e["kind"] for e in app.store.events(1)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mailer.app import App
 from mailer.config import load_settings
-from mailer.demo import IDENTITIES, write_config
+from mailer.demo import demo_users, write_config
 from mailer.flows.outbound import Outbound, TickReport
 from mailer.ledger import parse_invoices
 from mailer.localservers import running_local_servers
@@ -78,8 +78,7 @@ def _run_once(
 
 
 def test_sigkill_at_random_moments_neither_loses_nor_duplicates(tmp_path: Path) -> None:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    users = demo_users(PASSWORD)
     with running_local_servers(tmp_path / "servers", users) as servers:
         config = write_config(tmp_path, servers, grace_seconds=0)
         settings = load_settings(config)

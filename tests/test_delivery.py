@@ -6,17 +6,17 @@ import asyncio
 import email
 import email.policy
 import itertools
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from loopback import PASSWORD
 
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.daemon import build_transports, open_mailbox
-from mailer.demo import IDENTITIES, write_config
+from mailer.demo import IDENTITIES, demo_users, write_config
 from mailer.domain.models import MessageState
 from mailer.flows.outbound import Outbound
 from mailer.flows.staff import approve
@@ -31,14 +31,12 @@ HEADER = (
     "invoice_number,debtor_id,debtor_name,debtor_emails,debtor_lang,debtor_kind,country,region,"
     "currency,amount,issue_date,due_date\n"
 )
-PASSWORD = "loopback-secret"
 BILLING = IDENTITIES["cobros"][0]
 
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[LocalMailServers]:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    users = demo_users(PASSWORD)
     rules: dict[str | int, str | list[str]] = {
         "flaky@debtor.example": ["451 4.3.0 greylisted, try later", "421 4.7.0 busy"],
         "gone@debtor.example": "550 5.1.1 <gone@debtor.example>: no such user",

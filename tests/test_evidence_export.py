@@ -39,12 +39,11 @@ from mailer.evidence.verify import verify_store
 from mailer.flows.inbound import Inbound
 from mailer.flows.outbound import Outbound
 from mailer.ledger import parse_invoices
-from mailer.localservers import LocalMailServers, deliver, running_local_servers
+from mailer.localservers import LocalMailServers, deliver
 from mailer.store import outbox
 from mailer.store.db import Store
 
 START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)  # Monday
-PASSWORD = "loopback-secret"
 BILLING = IDENTITIES["cobros"][0]
 LEDGER = (
     "invoice_number,debtor_id,debtor_name,debtor_emails,debtor_lang,debtor_kind,country,region,"
@@ -70,14 +69,6 @@ def tool(name: str, *, optional: bool = False) -> str | None:
 def tsa(tmp_path: Path) -> Iterator[LocalTsa]:
     tool("openssl")
     with running_tsa(tmp_path / "tsa") as running:
-        yield running
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[LocalMailServers]:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
-    with running_local_servers(tmp_path / "servers", users) as running:
         yield running
 
 

@@ -12,11 +12,12 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback import PASSWORD
 
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.daemon import make_box
-from mailer.demo import IDENTITIES, write_config
+from mailer.demo import IDENTITIES, demo_users, write_config
 from mailer.flows.inbound import Inbound
 from mailer.ledger import parse_invoices
 from mailer.localservers import deliver, running_local_servers
@@ -112,8 +113,7 @@ HOSTILE = [
 
 
 def test_hostile_mail_in_a_real_mailbox_does_not_stop_the_pass(tmp_path: Path) -> None:
-    os.environ["MAILER_DEMO_PASSWORD"] = "loopback-secret"
-    users = {address: "loopback-secret" for address, _ in IDENTITIES.values()}
+    users = demo_users(PASSWORD)
     with running_local_servers(tmp_path / "servers", users) as servers:
         app = open_app(tmp_path, servers)
         inbound = Inbound(app)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from mailer.app import App, Rules, _representative, instalment_contexts, sample_cases
 from mailer.config import Settings, load_settings
 from mailer.daemon import Daemon, build_transports, open_mailbox
-from mailer.demo import IDENTITIES, write_config
+from mailer.demo import write_config
 from mailer.domain import planner
 from mailer.domain.calendar import HolidayCalendar, in_window, local_wall_to_utc, zone
 from mailer.domain.instalments import (
@@ -63,7 +62,7 @@ from mailer.flows.instalments import Instalments
 from mailer.flows.outbound import Outbound, TickReport
 from mailer.flows.staff import agree_instalments
 from mailer.ledger import parse_invoices, parse_payments
-from mailer.localservers import LocalMailServers, running_local_servers
+from mailer.localservers import LocalMailServers
 from mailer.render import TemplateSet, build_context, check_templates, render
 from mailer.store import outbox
 from mailer.store.db import Store
@@ -533,16 +532,6 @@ def test_the_flow_is_idempotent_and_one_bad_case_stops_nothing(
 
 
 # --- end to end, through real SMTP and IMAP servers on loopback --------------------------------
-
-PASSWORD = "loopback-secret"
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[LocalMailServers]:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
-    with running_local_servers(tmp_path / "servers", users) as running:
-        yield running
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -11,11 +10,12 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from loopback import PASSWORD
 
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.daemon import build_transports, make_box, open_mailbox
-from mailer.demo import IDENTITIES, write_config
+from mailer.demo import IDENTITIES, demo_users, write_config
 from mailer.demo_debtors import delivery_report, reply_to
 from mailer.flows.inbound import Inbound, InboundReport
 from mailer.flows.outbound import Outbound
@@ -36,21 +36,12 @@ HEADER = (
     "invoice_number,debtor_id,debtor_name,debtor_emails,debtor_lang,debtor_kind,country,region,"
     "currency,amount,issue_date,due_date\n"
 )
-PASSWORD = "loopback-secret"
 BILLING = IDENTITIES["cobros"][0]
 LEDGER = (
     "F-1,D1,Acme S.L.,pay@acme.example;boss@acme.example,es,business,ES,MD,EUR,1210.00,"
     "2025-12-01,2025-12-31\n"
     "F-2,D2,Beta S.L.,admin@beta.example,es,business,ES,MD,EUR,500.00,2025-12-01,2025-12-31\n"
 )
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[LocalMailServers]:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
-    with running_local_servers(tmp_path / "servers", users) as running:
-        yield running
 
 
 @pytest.fixture
@@ -203,8 +194,7 @@ def test_a_hard_bounce_moves_to_the_second_address(app: App, servers: LocalMailS
 
 
 def test_uidvalidity_change_resyncs_without_acting_twice(tmp_path: Path) -> None:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    users = demo_users(PASSWORD)
     root = tmp_path / "servers"
     with running_local_servers(root, users) as servers:
         settings = load_settings(write_config(tmp_path, servers, grace_seconds=0))
@@ -264,8 +254,7 @@ def _stored(app: App) -> int:
 
 
 def test_the_watcher_idles_sees_replies_and_survives_a_server_restart(tmp_path: Path) -> None:
-    os.environ["MAILER_DEMO_PASSWORD"] = PASSWORD
-    users = {address: PASSWORD for address, _ in IDENTITIES.values()}
+    users = demo_users(PASSWORD)
     root = tmp_path / "servers"
 
     async def scenario() -> None:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 from enum import StrEnum
 
 from mailer.domain.calendar import local_wall_to_utc, zone
+from mailer.domain.classify import mime
 from mailer.domain.classify.model import Classification, FailedRecipient, Intent, Kind, Reason
 from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
 
@@ -59,13 +59,13 @@ def read_headers(header_block: bytes) -> Headers:
     msg = BytesHeaderParser(policy=compat32).parsebytes(header_block)
     if not msg.keys():
         raise ValueError("no header fields")
-    ids = message_ids(str(msg.get("Message-ID", "")))
+    ids = [bracketed(m) for m in mime.message_ids(str(msg.get("Message-ID", "")))]
     refs: list[str] = []
     for name in ("In-Reply-To", "References"):
-        for ref in message_ids(" ".join(str(v) for v in msg.get_all(name, []))):
+        for ref in map(bracketed, mime.message_ids(" ".join(map(str, msg.get_all(name, []))))):
             if ref not in refs:
                 refs.append(ref)
-    sender = _first_address(str(msg.get("From", "")))
+    sender = mime.first_address(str(msg.get("From", ""))) if msg.get("From") else None
     content_type = str(msg.get("Content-Type", "")).lower()
     auto = str(msg.get("Auto-Submitted", "")).lower().strip()
     maybe_report = (
@@ -92,21 +92,6 @@ def screen(headers: Headers, ours: Container[str], contacts: Container[str]) -> 
     return Relevance.UNRELATED
 
 
-def message_ids(text: str) -> list[str]:
-    """The ``<...>`` Message-IDs in a header value, in order."""
-    found = []
-    start = text.find("<")
-    while start != -1:
-        end = text.find(">", start)
-        if end == -1:
-            break
-        value = text[start : end + 1]
-        if "@" in value and " " not in value:
-            found.append(value)
-        start = text.find("<", end)
-    return found
-
-
 def bracketed(message_id: str) -> str:
     """A Message-ID in its header form, ``<local@domain>``: the classifier gives it bare."""
     text = message_id.strip()
@@ -117,13 +102,6 @@ def cited_ids(c: Classification) -> list[str]:
     """Every Message-ID a classified message cites, the one it reports on first."""
     ids = [bracketed(m) for m in (c.original_message_id, *reversed(c.references)) if m]
     return list(dict.fromkeys(ids))
-
-
-def _first_address(value: str) -> str | None:
-    for _name, address in getaddresses([value]):
-        if "@" in address:
-            return address.strip().lower()
-    return None
 
 
 # --- matching: which case a classified message is about ---------------------------------------

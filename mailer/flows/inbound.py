@@ -38,13 +38,13 @@ from mailer.domain.inbound import (
     stricter_pause,
 )
 from mailer.domain.models import CaseStatus, MessageState
+from mailer.flows.staff import set_case_status
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
 from mailer.store.db import iso
 
 log = logging.getLogger(__name__)
 CHUNK = 200  # messages fetched per round trip; the checkpoint advances after each chunk
-_PENDING = "state IN ('queued', 'deferred', 'awaiting_approval')"
 
 
 class MailboxReader(Protocol):
@@ -363,8 +363,8 @@ class Inbound:
                 )  # fmt: skip
                 return
             status, until = change
-            self._set_status(case_id, status, effect.reason, until, now)
-            self._cancel_pending(case_id, now, f"case paused: {effect.reason}")
+            set_case_status(store, case_id, status, now, "mailer", effect.reason[:500], until)
+            outbox.cancel_pending(store, case_id, now, {"reason": f"case paused: {effect.reason}"})
         elif isinstance(effect, ToReview):
             current = store_inbound.case_facts(store, case_id)
             assert current is not None
@@ -374,8 +374,12 @@ class Inbound:
                 CaseStatus.REVIEW,
                 CaseStatus.INSTALMENTS,
             ):
-                self._set_status(case_id, CaseStatus.REVIEW, effect.reason, None, now)
-            self._cancel_pending(case_id, now, f"case to review: {effect.reason}")
+                set_case_status(
+                    store, case_id, CaseStatus.REVIEW, now, "mailer", effect.reason[:500]
+                )
+            outbox.cancel_pending(
+                store, case_id, now, {"reason": f"case to review: {effect.reason}"}
+            )
         elif isinstance(effect, Queue):
             review = store_inbound.open_review(
                 store, case_id, inbound_id, effect.reason,
@@ -399,9 +403,10 @@ class Inbound:
                  "reason": effect.reason[:500]},
                 case_id=case_id,
             )  # fmt: skip
-            self._cancel_pending(
-                case_id, now, f"{effect.address} {effect.status.value}", effect.address
-            )
+            outbox.cancel_pending(
+                store, case_id, now,
+                {"reason": f"{effect.address} {effect.status.value}"}, only_to=effect.address,
+            )  # fmt: skip
             self._look_now(case_id, now)
         elif isinstance(effect, SoftBounce):
             store.conn.execute(
@@ -415,42 +420,11 @@ class Inbound:
         elif isinstance(effect, Note):
             store.append_event(now, "mail_noted", {"note": effect.what[:500]}, case_id=case_id)
 
-    def _set_status(
-        self, case_id: int, status: CaseStatus, reason: str, until: datetime | None, now: datetime
-    ) -> None:
-        store = self.app.store
-        store.conn.execute(
-            "UPDATE cases SET status = ?, status_reason = ?, paused_until = ?, next_action_at = ?"
-            " WHERE id = ?",
-            (status.value, reason[:500], iso(until) if until else None,
-             iso(until) if until else None, case_id),
-        )  # fmt: skip
-        store.append_event(
-            now,
-            f"case_{status.value}",
-            {"by": "mailer", "reason": reason[:500], "until": iso(until) if until else None},
-            case_id=case_id,
-        )
-
     def _look_now(self, case_id: int, now: datetime) -> None:
         self.app.store.conn.execute(
             "UPDATE cases SET next_action_at = ? WHERE id = ? AND status IN ('active', 'paused')",
             (iso(now), case_id),
         )
-
-    def _cancel_pending(
-        self, case_id: int, now: datetime, why: str, only_to: str | None = None
-    ) -> None:
-        """Messages not yet handed to a server are withdrawn; the planner re-plans on resume."""
-        for message in outbox.select(self.app.store, f"case_id = ? AND {_PENDING}", (case_id,)):
-            if only_to is not None and only_to.lower() not in (
-                r.lower() for r in message.recipients
-            ):
-                continue
-            outbox.move(
-                self.app.store, message, MessageState.CANCELLED, now, "message_cancelled",
-                {"reason": why[:500]},
-            )  # fmt: skip
 
     def _resend(self, effect: Resend, case_id: int, now: datetime) -> None:
         """The bounced message again, to ``effect.to``: same words, new Message-ID and Date."""

@@ -100,15 +100,7 @@ def resolve(
     with store.transaction():
         set_case_status(store, case_id, status.value, now, who, reason, until)
         if how is not Resolution.RESUME:
-            for message in outbox.select(
-                store,
-                "case_id = ? AND state IN ('queued', 'deferred', 'awaiting_approval')",
-                (case_id,),
-            ):
-                outbox.move(
-                    store, message, MessageState.CANCELLED, now, "message_cancelled",
-                    {"by": who, "reason": reason},
-                )  # fmt: skip
+            outbox.cancel_pending(store, case_id, now, {"by": who, "reason": reason})
         if how is Resolution.PROMISE and until is not None:
             store.conn.execute(
                 "UPDATE cases SET next_action_at = ? WHERE id = ?", (iso(until), case_id)
@@ -170,15 +162,7 @@ def agree_instalments(
             " next_action_at = ? WHERE id = ?",
             (CaseStatus.INSTALMENTS.value, reason, iso(now), case_id),
         )
-        for message in outbox.select(
-            store,
-            "case_id = ? AND state IN ('queued', 'deferred', 'awaiting_approval')",
-            (case_id,),
-        ):
-            outbox.move(
-                store, message, MessageState.CANCELLED, now, "message_cancelled",
-                {"by": who, "reason": "instalment plan agreed"},
-            )  # fmt: skip
+        outbox.cancel_pending(store, case_id, now, {"by": who, "reason": "instalment plan agreed"})
         closed = close_reviews(store, case_id, f"instalment plan agreed by {who}", now)
         store.append_event(
             now,

@@ -362,9 +362,9 @@ class ImapMailbox:
 
 
 def _is_change(response: Any) -> bool:
-    """An untagged EXISTS, RECENT or EXPUNGE: something arrived or went."""
-    if isinstance(response, tuple) and len(response) >= 2:
-        return response[1] in (b"EXISTS", b"RECENT", b"EXPUNGE")
-    if isinstance(response, tuple) and response and isinstance(response[0], bytes):
-        return response[0].upper() == b"BYE"
-    return False
+    """An untagged EXISTS, RECENT or EXPUNGE (something arrived or went), or the server's BYE."""
+    if not isinstance(response, tuple) or not response:
+        return False
+    if response[0] == b"BYE":  # (b"BYE", text): leave IDLE; the next command finds the line dead
+        return True
+    return len(response) >= 2 and response[1] in (b"EXISTS", b"RECENT", b"EXPUNGE")

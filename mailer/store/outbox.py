@@ -205,6 +205,23 @@ def due(store: Store, now: datetime, limit: int = 500) -> list[OutboxMessage]:
     )
 
 
+def cancel_pending(
+    store: Store, case_id: int, now: datetime, data: dict[str, Any], only_to: str | None = None
+) -> int:
+    """Withdraw the case's messages not yet handed to a server (all, or those to ``only_to``).
+
+    The planner plans a cancelled step again when the case is next active.
+    """
+    cancelled = 0
+    for message in select(
+        store, "case_id = ? AND state IN ('queued', 'deferred', 'awaiting_approval')", (case_id,)
+    ):
+        if only_to is not None and only_to.lower() not in (r.lower() for r in message.recipients):
+            continue
+        cancelled += move(store, message, MessageState.CANCELLED, now, "message_cancelled", data)
+    return cancelled
+
+
 def get(store: Store, row_id: int) -> OutboxMessage | None:
     found = select(store, "id = ?", (row_id,), 1)
     return found[0] if found else None
