@@ -17,7 +17,9 @@ from rich.table import Table
 
 from mailer.app import App, Rules, rate_warnings
 from mailer.cli_cases import COMMANDS
+from mailer.cli_identities import identities
 from mailer.cli_evidence import evidence
+from mailer.cli_status import status
 from mailer.config import Settings, find_config, load_settings
 from mailer.domain.calendar import zone
 from mailer.domain.models import Case, SendStep
@@ -288,16 +290,25 @@ def demo(workdir: Path, days: int, step_minutes: int) -> None:
 @click.option(
     "--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning"]),
+    default="info",
+    show_default=True,
+    help="debug also shows the libraries' chatter (the IMAP conversation, logins redacted).",
+)
 @click.option("--once", is_flag=True, help="Run one tick and exit (for cron or a test).")
 @click.pass_obj
-def run(obj: Ctx, log_format: str, once: bool) -> None:
-    """The daemon: plan and send due reminders, tick after tick, until SIGTERM."""
+def run(obj: Ctx, log_format: str, log_level: str, once: bool) -> None:
+    """The daemon: plan and send due reminders, tick after tick, until SIGTERM (SIGHUP: reload
+    campaigns and templates)."""
     import asyncio
+    import logging
 
     from mailer.daemon import make_daemon, system_clock
     from mailer.logs import setup_logging
 
-    setup_logging(log_format)
+    setup_logging(log_format, getattr(logging, log_level.upper()))
     # --now pins the clock (tests, replays); otherwise the daemon reads the system clock.
     daemon = make_daemon(obj.settings(), clock=(lambda: obj.now) if obj.pinned else system_clock)
 
@@ -328,7 +339,25 @@ def approve(obj: Ctx, message_ids: tuple[int, ...], who: str) -> None:
         console.print(f"message {message_id} approved: it goes out at the next tick")
 
 
+@main.command()
+@click.pass_obj
+def web(obj: Ctx) -> None:
+    """The review page alone ([web] in mailer.toml; `mailer run` serves it too), until Ctrl-C."""
+    from mailer.daemon import system_clock
+    from mailer.logs import setup_logging
+    from mailer.web import serve
+
+    setup_logging()
+    serve(
+        obj.settings(),
+        (lambda: obj.now) if obj.pinned else system_clock,
+        lambda url: console.print(f"review page on {url} (Ctrl-C stops it)"),
+    )
+
+
 main.add_command(evidence)
+main.add_command(status)
+main.add_command(identities)
 for command in COMMANDS:
     main.add_command(command)
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
-from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from mailer.domain.calendar import local_wall_to_utc, zone
-from mailer.errors import MailerError
 from mailer.flows.staff import Resolution, agree_instalments, resolve
 from mailer.store import inbound as store_inbound
-from mailer.store.db import Store
+from mailer.views import case_sheet, promise_end
+from mailer.views import local_time as _local
+from mailer.views import short as _short
 
 if TYPE_CHECKING:
     from mailer.cli import Ctx
@@ -24,15 +23,6 @@ if TYPE_CHECKING:
 def _console() -> Console:
     # Made per command, so COLUMNS set for this run (a pager, a wide terminal, tests) applies.
     return Console(highlight=False)
-
-
-def _short(text: str, width: int = 90) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def _local(moment: str, tz: str) -> str:
-    return f"{datetime.fromisoformat(moment).astimezone(zone(tz)):%Y-%m-%d %H:%M}"
 
 
 @click.command()
@@ -58,7 +48,7 @@ def review(obj: Ctx) -> None:
             item.reason,
             item.intent or "",
             _short(item.text, 60),
-            _local(item.created_at.isoformat(), tz),
+            _local(item.created_at, tz),
         )
     console.print(table)
     console.print(
@@ -73,65 +63,49 @@ def case_cmd(obj: Ctx, case_id: int) -> None:
     """One case: the debtor, its addresses and invoices, and everything sent, received and decided."""
     console = _console()
     app = obj.app()
-    store = app.store
-    head = store.conn.execute(
-        "SELECT k.status, k.status_reason, k.paused_until, k.campaign, k.closed_at, d.id, d.name,"
-        " d.kind, d.lang FROM cases k JOIN debtors d ON d.id = k.debtor_id WHERE k.id = ?",
-        (case_id,),
-    ).fetchone()
-    if head is None:
-        raise MailerError(f"no case {case_id}")
-    status, reason, paused_until, campaign, closed_at, debtor_id, name, kind, lang = head
+    sheet = case_sheet(app.store, case_id)
     tz = app.settings.creditor.timezone
     console.print(
-        f"[bold]Case {case_id}[/] — {name} ({debtor_id}, {kind}, {lang}), campaign {campaign}"
+        f"[bold]Case {case_id}[/] — {sheet.debtor_name} ({sheet.debtor_id}, {sheet.debtor_kind},"
+        f" {sheet.debtor_lang}), campaign {sheet.campaign}"
     )
-    line = f"status: {status}" + (f" — {reason}" if reason else "")
-    if paused_until:
-        line += f", until {_local(paused_until, tz)}"
-    if closed_at:
-        line += f", closed {_local(closed_at, tz)}"
+    line = f"status: {sheet.status}" + (f" — {sheet.status_reason}" if sheet.status_reason else "")
+    if sheet.paused_until:
+        line += f", until {_local(sheet.paused_until, tz)}"
+    if sheet.closed_at:
+        line += f", closed {_local(sheet.closed_at, tz)}"
     console.print(line)
-    for address, c_status, c_reason in store.conn.execute(
-        "SELECT address, status, status_reason FROM contacts WHERE debtor_id = ? ORDER BY position",
-        (debtor_id,),
-    ):
-        console.print(f"  {address}: {c_status}" + (f" ({c_reason})" if c_reason else ""))
-    for number, amount, due, paid in store.conn.execute(
-        "SELECT i.number, i.amount, i.due_date, (SELECT coalesce(sum(CAST(p.amount AS REAL)), 0)"
-        " FROM payments p WHERE p.invoice_number = i.number) FROM invoices i"
-        " WHERE i.debtor_id = ? ORDER BY i.due_date",
-        (debtor_id,),
-    ):
-        console.print(f"  invoice {number}: {amount}, due {due}, paid {paid:.2f}")
+    console.print(f"writing from: {sheet.identity or app.settings.failover_pool()[0]}")
+    if sheet.verdict:
+        v = sheet.verdict
+        decision = v.get("decision") or {}
+        console.print(
+            f"delivery verdict: {v.get('identity')} → {v.get('address')}: {v.get('verdict')}"
+            f" ({v.get('why')}); decided: {decision.get('action')} {decision.get('to', '')}"
+        )
+        for item in v.get("evidence") or []:
+            console.print(
+                f"  evidence: {item.get('at')} {item.get('kind')} via {item.get('source')}"
+                f" {_short(str(item.get('detail') or ''), 120)}"
+            )
+    for contact in sheet.contacts:
+        console.print(
+            f"  {contact.address}: {contact.status}"
+            + (f" ({contact.reason})" if contact.reason else "")
+        )
+    for invoice in sheet.invoices:
+        console.print(
+            f"  invoice {invoice.number}: {invoice.amount}, due {invoice.due_date},"
+            f" paid {invoice.paid:.2f}"
+        )
     table = Table(title="Timeline")
     for column in ("when", "what", "detail"):
         table.add_column(column)
-    for event in store.events(case_id):
-        table.add_row(_local(event["at"], tz), event["kind"], _detail(event["kind"], event["data"]))
+    for entry in sheet.timeline:
+        table.add_row(_local(entry.at, tz), entry.kind, entry.detail)
     console.print(table)
-    for item in store_inbound.open_reviews(store, case_id):
+    for item in sheet.reviews:
         console.print(f"[yellow]review #{item.id}:[/] {item.reason}: {_short(item.text, 200)}")
-
-
-def _detail(kind: str, data: dict[str, Any]) -> str:
-    """One readable line per event; the full record is in `mailer evidence export`."""
-    if kind in ("message_queued", "message_awaiting_approval"):
-        return f"{data.get('step_name')} to {', '.join(data.get('recipients', []))}: {data.get('subject')}"
-    if kind == "message_sent":
-        receipt = data.get("receipt") or {}
-        return f"{data.get('message_id')} accepted: {receipt.get('code', '')} {receipt.get('text', '')}".strip()
-    if kind == "mail_received":
-        c = data.get("classification") or {}
-        what = c.get("kind", "?") + (f" ({c['intent']})" if c.get("intent") else "")
-        text = c.get("reply_text") or c.get("subject") or ""
-        return _short(f"{what} from {c.get('from_address') or '?'}: {text}")
-    if kind == "contact_status":
-        return _short(f"{data.get('address')} → {data.get('status')}: {data.get('reason')}")
-    for key in ("reason", "note", "error"):
-        if data.get(key):
-            return _short(str(data[key]))
-    return _short(json.dumps(data, ensure_ascii=False, default=str))
 
 
 @click.command(name="resolve")
@@ -186,7 +160,7 @@ def resolve_cmd(
         console.print(f"case {case_id}: instalment plan agreed; reminders follow each instalment")
         return
     if promise is not None:
-        until = _promise_end(
+        until = promise_end(
             app.store, case_id, promise.date(), app.settings.inbound.promise_grace_days
         )
         closed = resolve(
@@ -199,13 +173,6 @@ def resolve_cmd(
     assert how is not None
     closed = resolve(app.store, case_id, Resolution(how), obj.now, who, note=note)
     console.print(f"case {case_id}: {how}; {closed} review item(s) closed")
-
-
-def _promise_end(store: Store, case_id: int, day: date, grace_days: int) -> datetime:
-    facts = store_inbound.case_facts(store, case_id)
-    if facts is None:
-        raise MailerError(f"no case {case_id}")
-    return local_wall_to_utc(day + timedelta(days=grace_days), time(0, 0), zone(facts.timezone))
 
 
 COMMANDS = (review, case_cmd, resolve_cmd)

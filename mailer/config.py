@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from dataclasses import dataclass, replace
-from datetime import time
+from dataclasses import dataclass, field, replace
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mailer.domain.blocking import BlockingRules
 from mailer.domain.models import (
     DEFAULT_PROFILES,
     ComplianceProfile,
@@ -42,6 +44,18 @@ STORAGE_KEYS = {"database", "evidence_dir"}
 PATH_KEYS = {"campaigns", "templates"}
 TOP_KEYS = {
     "creditor", "identities", "storage", "paths", "profiles", "daemon", "inbound", "evidence",
+    "web", "blocking", "metrics", "mailchimp",
+}  # fmt: skip
+MAILCHIMP_KEYS = {
+    "api_key_env", "api_key_file", "audience_id", "server", "base_url", "from_name", "reply_to",
+    "new_member_status", "schedule", "concurrency", "timeout_seconds", "poll_minutes",
+    "poll_days", "tags",
+}  # fmt: skip
+METRICS_KEYS = {"listen", "allow_remote"}
+CREDENTIALS = "${CREDENTIALS_DIRECTORY}"  # in password_file: systemd's credentials directory
+BLOCKING_KEYS = {
+    "silence_after", "max_switches", "max_identities", "pool", "problem_domains",
+    "problem_window_days",
 }  # fmt: skip
 INBOUND_KEYS = {
     "folders", "lookback_days", "promise_grace_days", "soft_bounce_limit", "soft_retry_hours",
@@ -51,8 +65,10 @@ EVIDENCE_KEYS = {
     "tsa_url", "tsa_ca_file", "tsa_certs_file", "timestamp_interval_hours", "tsa_timeout_seconds",
     "business_lang", "block_after_years", "purge_after_years",
 }  # fmt: skip
+WEB_KEYS = {"listen", "password_env", "password_file", "allow_remote", "session_hours"}
 DAEMON_KEYS = {
     "interval_seconds", "shutdown_timeout_seconds", "retry_deadline_hours", "reconcile_grace_seconds",
+    "stall_seconds",
 }  # fmt: skip
 
 
@@ -91,6 +107,47 @@ class EvidenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The review page (`mailer web`, or inside `mailer run`): where it listens, who may log in."""
+
+    host: str = "127.0.0.1"  # `listen = "127.0.0.1:8025"`; port 0 picks a free one
+    port: int = 8025
+    password_env: str | None = None  # the password or token: from this environment variable,
+    password_file: str | None = None  # or this file (systemd LoadCredential=); never the TOML
+    allow_remote: bool = False  # beyond loopback only when asked for in so many words
+    session_hours: float = 12.0  # a login lasts this long, and never beyond a restart
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus metrics from `mailer run` (off unless [metrics] is in the file)."""
+
+    host: str = "127.0.0.1"  # `listen = "127.0.0.1:9464"`; port 0 picks a free one (logged)
+    port: int = 9464
+    allow_remote: bool = False  # beyond loopback only when asked for in so many words
+
+
+@dataclass(frozen=True, slots=True)
+class MailchimpSettings:
+    """[mailchimp]: steps with channel = "mailchimp" go out as one-member Mailchimp campaigns."""
+
+    audience_id: str  # the audience (list) each debtor's address is added to
+    api_key_env: str | None = None  # the API key: from this environment variable,
+    api_key_file: str | None = None  # or this file; never the TOML, never logged
+    server: str | None = None  # data-center prefix ("us21"); default: the key's "-us21" suffix
+    base_url: str | None = None  # only for tests: a local stand-in for the API (no "server")
+    from_name: str | None = None  # default: the creditor's legal name
+    reply_to: str | None = None  # default: the case identity's address (verified in Mailchimp)
+    new_member_status: str = "subscribed"  # or "pending": Mailchimp asks the person first
+    schedule: bool = True  # schedule on the quarter-hour (paid plans); false: send at once
+    concurrency: int = 4  # API calls at once; Mailchimp allows 10 connections per account
+    timeout_seconds: float = 30.0
+    poll_minutes: float = 60.0  # read each campaign's report this often...
+    poll_days: int = 30  # ...for this many days after it went out
+    tags: tuple[str, ...] = ("mailer",)  # tags every debtor member carries
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     creditor: Creditor
@@ -106,6 +163,17 @@ class Settings:
     reconcile_grace_seconds: float = 120.0  # wait this long for the receipt copy to arrive
     inbound: InboundSettings = InboundSettings()
     evidence: EvidenceSettings = EvidenceSettings()
+    web: WebSettings | None = None  # no [web] table: no review page in `mailer run`
+    blocking: BlockingRules = field(default_factory=BlockingRules)
+    metrics: MetricsSettings | None = None  # no [metrics] table: no metrics page
+    mailchimp: MailchimpSettings | None = None  # no [mailchimp] table: no Mailchimp channel
+    # A tick that reaches no new step (a message, a phase) for this long is stuck: the
+    # systemd watchdog keep-alives stop, and systemd restarts mailer.
+    stall_seconds: float = 600.0
+
+    def failover_pool(self) -> tuple[str, ...]:
+        """The identities a case may write from, in order: [blocking] pool, else all of them."""
+        return self.blocking.pool or tuple(i.name for i in self.identities)
 
     def identity(self, name: str) -> Identity:
         for ident in self.identities:
@@ -130,19 +198,47 @@ def find_config(explicit: str | None) -> Path:
 
 def read_secret(identity: Identity) -> str:
     """The identity's password, from its environment variable or file. Never logged."""
-    if identity.password_env:
-        value = os.environ.get(identity.password_env)
+    return _secret(f"identity {identity.name}", identity.password_env, identity.password_file)
+
+
+def read_mailchimp_key(settings: MailchimpSettings) -> str:
+    """The Mailchimp API key, from its environment variable or file. Never logged."""
+    return _secret("[mailchimp]", settings.api_key_env, settings.api_key_file)
+
+
+def read_web_secret(web: WebSettings) -> str:
+    """The review page's password or token, from its environment variable or file. Never logged."""
+    return _secret("[web]", web.password_env, web.password_file)
+
+
+def _secret(owner: str, env: str | None, file: str | None) -> str:
+    if env:
+        value = os.environ.get(env)
         if value is None:
-            raise ConfigError([f"identity {identity.name}: ${identity.password_env} is not set"])
+            raise ConfigError([f"{owner}: ${env} is not set"])
         return value
-    if identity.password_file:
+    if file:
         try:
-            return Path(identity.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            return _credential_path(owner, file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError(
-                [f"identity {identity.name}: cannot read password file: {exc.strerror}"]
-            ) from exc
-    raise ConfigError([f"identity {identity.name}: no password_env or password_file configured"])
+            raise ConfigError([f"{owner}: cannot read password file: {exc.strerror}"]) from exc
+    raise ConfigError([f"{owner}: no password_env or password_file configured"])
+
+
+def _credential_path(owner: str, file: str) -> Path:
+    """``password_file = "${CREDENTIALS_DIRECTORY}/billing"``: a systemd credential
+    (LoadCredential=billing:/etc/mailer/billing.password), readable by the service alone."""
+    if CREDENTIALS not in file:
+        return Path(file)
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            [
+                f"{owner}: password_file uses {CREDENTIALS}, which systemd sets only for a"
+                " service with LoadCredential=; outside systemd give the file's path"
+            ]
+        )
+    return Path(file.replace(CREDENTIALS, directory))
 
 
 def load_settings(path: Path) -> Settings:
@@ -164,6 +260,17 @@ def load_settings(path: Path) -> Settings:
     inbound = _inbound(src, _table(src, data, "inbound", INBOUND_KEYS))
     country = creditor.country if creditor else ""
     evidence = _evidence(src, _table(src, data, "evidence", EVIDENCE_KEYS), base, country)
+    web = _web(src, _table(src, data, "web", WEB_KEYS)) if "web" in data else None
+    blocking = _blocking(src, _table(src, data, "blocking", BLOCKING_KEYS), identities)
+    metrics = _metrics(src, _table(src, data, "metrics", METRICS_KEYS)) if "metrics" in data else None
+    mailchimp = (
+        _mailchimp(src, _table(src, data, "mailchimp", MAILCHIMP_KEYS))
+        if "mailchimp" in data
+        else None
+    )
+    stall = daemon.get("stall_seconds", 600.0)
+    if isinstance(stall, bool) or not isinstance(stall, int | float) or stall <= 0:
+        src.problem("stall_seconds must be a number > 0", "daemon", "stall_seconds")
     src.raise_if_problems()
     assert creditor is not None
     return Settings(
@@ -181,7 +288,45 @@ def load_settings(path: Path) -> Settings:
         reconcile_grace_seconds=float(daemon.get("reconcile_grace_seconds", 120.0)),
         inbound=inbound,
         evidence=evidence,
+        web=web,
+        blocking=blocking,
+        metrics=metrics,
+        mailchimp=mailchimp,
+        stall_seconds=float(stall),
     )
+
+
+def _blocking(
+    src: TomlSource, table: dict[str, Any], identities: tuple[Identity, ...]
+) -> BlockingRules:
+    where = "blocking"
+    default = BlockingRules()
+    values: dict[str, Any] = {}
+    for key in ("silence_after", "max_switches", "max_identities", "problem_domains"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            src.problem(f"{key} must be a whole number >= 0", where, key)
+        else:
+            values[key] = value
+    days = table.get("problem_window_days", default.problem_window.days)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        src.problem("problem_window_days must be a whole number >= 1", where, "problem_window_days")
+    else:
+        values["problem_window"] = timedelta(days=days)
+    pool = table.get("pool", [])
+    names = {i.name for i in identities}
+    if not isinstance(pool, list) or not all(isinstance(n, str) for n in pool):
+        src.problem("pool must be a list of identity names", where, "pool")
+    else:
+        for name in pool:
+            if names and name not in names:
+                src.problem(f"pool: no identity named {name!r}", where, "pool")
+        if len(set(pool)) != len(pool):
+            src.problem("pool names an identity twice", where, "pool")
+        values["pool"] = tuple(pool)
+    if values.get("max_identities") == 0:
+        src.problem("max_identities must be at least 1 (the identity writing now)", where)
+    return BlockingRules(**values)
 
 
 def _evidence(src: TomlSource, table: dict[str, Any], base: Path, country: str) -> EvidenceSettings:
@@ -222,6 +367,79 @@ def _evidence(src: TomlSource, table: dict[str, Any], base: Path, country: str) 
     if values.get("purge_after_years", 6) < values.get("block_after_years", 0):
         src.problem("purge_after_years may not come before block_after_years", where)
     return EvidenceSettings(**values)
+
+
+def _web(src: TomlSource, table: dict[str, Any]) -> WebSettings:
+    where = "web"
+    values: dict[str, Any] = {}
+    for key in ("password", "token"):
+        if key in table:
+            src.problem(
+                f"{key}s never go in the file: use password_env or password_file", where, key
+            )
+    values["password_env"] = _str(src, table, where, "password_env", False)
+    values["password_file"] = _str(src, table, where, "password_file", False)
+    if not (values["password_env"] or values["password_file"]):
+        src.problem("[web] needs password_env or password_file: the page is never open", where)
+    allow_remote = table.get("allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        src.problem("allow_remote must be true or false", where, "allow_remote")
+        allow_remote = False
+    values["allow_remote"] = allow_remote
+    listen = _listen(src, table, where, allow_remote, "the review page")
+    if listen is not None:
+        values["host"], values["port"] = listen
+    hours = table.get("session_hours", WebSettings().session_hours)
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or hours <= 0:
+        src.problem("session_hours must be a number > 0", where, "session_hours")
+    else:
+        values["session_hours"] = float(hours)
+    return WebSettings(**values)
+
+
+def _metrics(src: TomlSource, table: dict[str, Any]) -> MetricsSettings:
+    where = "metrics"
+    allow_remote = table.get("allow_remote", False)
+    if not isinstance(allow_remote, bool):
+        src.problem("allow_remote must be true or false", where, "allow_remote")
+        allow_remote = False
+    listen = _listen(src, table, where, allow_remote, "the metrics page")
+    if listen is None:
+        return MetricsSettings(allow_remote=allow_remote)
+    return MetricsSettings(host=listen[0], port=listen[1], allow_remote=allow_remote)
+
+
+def _listen(
+    src: TomlSource, table: dict[str, Any], where: str, allow_remote: bool, what: str
+) -> tuple[str, int] | None:
+    """``listen = "host:port"`` (IPv6 as "[::1]:9464"), loopback unless ``allow_remote``."""
+    listen = _str(src, table, where, "listen", False)
+    if listen is None:
+        return None
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or int(port) > 65535:
+        src.problem('listen must be "host:port", e.g. "127.0.0.1:9464"', where, "listen")
+        return None
+    if not (allow_remote or is_loopback(host)):
+        src.problem(
+            f"listen: {host} is not a loopback address; {what} serves this machine only"
+            " unless allow_remote = true",
+            where,
+            "listen",
+        )
+        return None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """An address of this machine only: 127.0.0.0/8, ::1 or the name localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost could resolve anywhere
 
 
 def _inbound(src: TomlSource, table: dict[str, Any]) -> InboundSettings:
@@ -455,3 +673,57 @@ def _profiles(src: TomlSource, raw: Any) -> dict[DebtorKind, ComplianceProfile]:
             src.problem("consumer emails must carry the opt-out line", where, "opt_out_line")
         profiles[kind] = profile
     return profiles
+
+
+_SERVER_PREFIX = re.compile(r"^[a-z]{2,4}[0-9]{1,3}$")
+
+
+def _mailchimp(src: TomlSource, table: dict[str, Any]) -> MailchimpSettings:
+    where = "mailchimp"
+    default = MailchimpSettings(audience_id="")
+    if "api_key" in table:
+        src.problem("API keys never go in the file: use api_key_env or api_key_file", where)
+    values: dict[str, Any] = {
+        key: _str(src, table, where, key, key == "audience_id")
+        for key in ("audience_id", "api_key_env", "api_key_file", "server", "base_url",
+                    "from_name", "reply_to")
+    }  # fmt: skip
+    if not (values["api_key_env"] or values["api_key_file"]):
+        src.problem("[mailchimp] needs api_key_env or api_key_file", where)
+    server = values["server"]
+    if server is not None and not _SERVER_PREFIX.match(server):
+        src.problem(f'server must be a data-center prefix like "us21", not {server!r}', where)
+    url = values["base_url"]
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        src.problem("base_url must be an http:// or https:// address", where, "base_url")
+    elif url is not None and "server" in url:
+        # The SDK replaces the word "server" in every URL with the data-center prefix.
+        src.problem('base_url may not contain the word "server"', where, "base_url")
+    if values["reply_to"] is not None and not is_address(values["reply_to"]):
+        src.problem("reply_to must be a plain email address", where, "reply_to")
+    status = table.get("new_member_status", default.new_member_status)
+    if status not in ("subscribed", "pending"):
+        src.problem('new_member_status must be "subscribed" or "pending"', where)
+    values["new_member_status"] = status
+    schedule = table.get("schedule", default.schedule)
+    if not isinstance(schedule, bool):
+        src.problem("schedule must be true or false", where, "schedule")
+    values["schedule"] = schedule is True
+    concurrency = _int(src, table, where, "concurrency", default.concurrency)
+    if concurrency > 10:
+        src.problem("concurrency: Mailchimp allows at most 10 connections", where, "concurrency")
+    values["concurrency"] = min(concurrency, 10)
+    values["poll_days"] = _int(src, table, where, "poll_days", default.poll_days)
+    for key in ("timeout_seconds", "poll_minutes"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            src.problem(f"{key} must be a number > 0", where, key)
+        else:
+            values[key] = float(value)
+    tags = table.get("tags", list(default.tags))
+    if not (isinstance(tags, list) and all(isinstance(t, str) and 0 < len(t) <= 100 for t in tags)):
+        src.problem("tags must be a list of names (1-100 characters each)", where, "tags")
+    else:
+        values["tags"] = tuple(tags)
+    values["audience_id"] = values["audience_id"] or ""
+    return MailchimpSettings(**values)

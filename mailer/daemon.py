@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from mailer.app import App
 from mailer.config import Settings, read_secret
@@ -18,10 +19,14 @@ from mailer.errors import MailerError
 from mailer.evidence import tsa
 from mailer.flows.inbound import Inbound
 from mailer.flows.instalments import Instalments
+from mailer.flows.mailchimp_readback import MailchimpFlow, build_channels
 from mailer.flows.outbound import MailboxPort, Outbound, TickReport
 from mailer.mailbox.imap import ImapMailbox
 from mailer.mailbox.watcher import Watcher
+from mailer.service import Service, load_rules
+from mailer.store.db import Store
 from mailer.transports.smtp import SmtpTransport
+from mailer.web import WebServer, build_web
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -87,6 +92,16 @@ class Daemon:
     watchers: list[Watcher] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _watching: list[asyncio.Task[None]] = field(default_factory=list)
+    web: WebServer | None = None  # the review page, when [web] is configured
+    service: Service = field(default_factory=Service)  # sd_notify, status file, metrics
+    channel_flows: list[MailchimpFlow] = field(default_factory=list)  # read-back per channel
+    _reload: bool = False
+    _waiter: asyncio.Future[Any] | None = None  # waits on _wake across several waits
+
+    def request_reload(self) -> None:
+        log.info("reload requested: campaigns and templates are read again between ticks")
+        self._reload = True
+        self._wake.set()
 
     def request_stop(self) -> None:
         if self.stopping:
@@ -96,12 +111,14 @@ class Daemon:
             os._exit(130)
         log.info("stop requested: finishing the message in hand")
         self.stopping = True
+        self.service.stopping()
         self._wake.set()
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     async def _timestamp(self, now: datetime, report: TickReport) -> None:
         """RFC 3161 stamp of the chain head when due; the TSA is asked from a worker thread."""
@@ -116,17 +133,36 @@ class Daemon:
             log.warning("time-stamping the event chain failed: %s", exc)
             report.errors.append(f"timestamp: {exc}")
 
+    def _step(self) -> bool:
+        """The tick asks this at each step: progress for the watchdog, and whether to stop."""
+        self.service.progress()
+        return self.stopping
+
     async def tick(self) -> TickReport:
+        self.service.tick_started()
+        try:
+            return await self._tick()
+        finally:
+            self.service.tick_ended()
+
+    async def _tick(self) -> TickReport:
         now = self.clock()
-        report = await self.outbound.tick(now, stop=lambda: self.stopping)
-        if not self.stopping:
+        report = await self.outbound.tick(now, stop=self._step)
+        if not self._step():
             # Cases on an instalment plan: their reminders are stored now, sent next tick.
             try:
                 report.planned += Instalments(self.app).tick(now)
             except Exception as exc:
                 log.exception("instalment pass failed")
                 report.errors.append(f"instalments: {exc}")
-        if not self.stopping:
+        for flow in self.channel_flows:
+            if not self._step():
+                try:  # crash leftovers, refusals and reports of the Mailchimp channel
+                    await flow.tick(now, report)
+                except Exception as exc:
+                    log.exception("channel pass failed")
+                    report.errors.append(f"channel: {exc}")
+        if not self._step():
             await self._timestamp(now, report)
         self.ticks += 1
         self.last_report = report
@@ -141,33 +177,63 @@ class Daemon:
 
     async def run(self) -> None:
         """Loop until stopped; the tick in progress gets ``shutdown_timeout`` to finish."""
+        if self.web is not None:
+            self.web.start()  # first: a port already taken stops the start, nothing half-run
         self._watching = [
             asyncio.ensure_future(w.run(lambda: self.stopping)) for w in self.watchers
         ]
+        await self.service.start(self)
         while not self.stopping:
+            if self._reload:
+                self._reload = False
+                await self.service.reload(self)
             task = asyncio.ensure_future(self.tick())
-            stop_wait = asyncio.ensure_future(self._wake.wait())
-            done, _ = await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if task not in done:
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout)
-                except TimeoutError:
-                    log.warning("shutdown timeout: cancelling the tick in progress")
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            else:
-                failure = task.exception()
-                if failure is not None:
-                    # A tick never raises by design; if one does, log it and keep running.
-                    log.error("tick failed: %r", failure)
-            stop_wait.cancel()
-            # Snooze; a stop request sets the event, so this returns at once when stopping.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await self._finish(task)
+            if not self.stopping:
+                await self.service.after_tick(self)
+            await self._snooze()
         await self.close()
 
+    async def _wait(self, task: asyncio.Future[Any] | None, timeout: float | None) -> None:
+        """Until ``task`` ends, a stop or reload request, or ``timeout``; then feed the watchdog."""
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.ensure_future(self._wake.wait())
+        waiting: set[asyncio.Future[Any]] = {self._waiter} if task is None else {self._waiter, task}
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not self.stopping:
+            self._wake.clear()  # a reload request is remembered in ``_reload``
+        self.service.keepalive()
+
+    async def _finish(self, task: asyncio.Future[TickReport]) -> None:
+        """Wait for the tick; a stop request gives it ``shutdown_timeout`` to finish."""
+        while not task.done() and not self.stopping:
+            await self._wait(task, self.service.beat)
+        if not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout)
+            except TimeoutError:
+                log.warning("shutdown timeout: cancelling the tick in progress")
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        elif task.exception() is not None:
+            # A tick never raises by design; if one does, log it and keep running.
+            log.error("tick failed: %r", task.exception())
+
+    async def _snooze(self) -> None:
+        """``interval`` between ticks, cut short by a stop or reload request; the watchdog is
+        fed every ``beat`` meanwhile, however long the interval."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.interval
+        while not (self.stopping or self._reload):
+            left = end - loop.time()
+            if left <= 0:
+                return
+            await self._wait(None, min(left, self.service.beat or left))
+
     async def close(self) -> None:
+        if self.web is not None:
+            await asyncio.to_thread(self.web.stop)  # waits for its serving loop's next turn
         if self._watching:
             # Each watcher notices the stop within a second (IDLE is waited in slices).
             _done, pending = await asyncio.wait(self._watching, timeout=self.shutdown_timeout)
@@ -177,13 +243,17 @@ class Daemon:
         for transport in self.outbound.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()
+        await self.service.close(self)
+        if self._waiter is not None:
+            self._waiter.cancel()
         self.app.store.close()
         log.info("stopped after %d ticks", self.ticks)
 
 
 def make_daemon(settings: Settings, clock: Clock = system_clock) -> Daemon:
-    app = App.open(settings)
-    outbound = Outbound(app, build_transports(settings), open_mailbox)
+    app = App(settings, Store.open(settings.database), load_rules(settings))
+    channels, channel_flows = build_channels(app, clock)
+    outbound = Outbound(app, build_transports(settings), open_mailbox, channels=channels)
     return Daemon(
         app,
         outbound,
@@ -191,4 +261,7 @@ def make_daemon(settings: Settings, clock: Clock = system_clock) -> Daemon:
         clock=clock,
         shutdown_timeout=settings.shutdown_timeout_seconds,
         watchers=build_watchers(app, clock),
+        web=build_web(settings, clock),
+        service=Service.for_settings(settings),
+        channel_flows=channel_flows,
     )

@@ -119,6 +119,12 @@ class _SmtpHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        domain = address.rpartition("@")[2].lower()
+        sender = (envelope.mail_from or "").lower()
+        blocks = self._servers.sender_blocks
+        block = blocks.get((sender, domain)) or blocks.get((sender, "*"))
+        if block is not None:
+            return block  # the receiving side refuses this sender, as a sender-block table does
         rule = self._by_rcpt.get(address.lower())
         if isinstance(rule, str):
             return rule
@@ -159,6 +165,9 @@ class LocalMailServers:
     maildir_root: Path
     users: dict[str, str]  # address -> password, for both SMTP AUTH and IMAP LOGIN
     root: Path
+    # (sender, recipient domain or "*") → the reply to RCPT: a receiving side that refuses one
+    # of the business's identities. Changed at any time by a test or the demo.
+    sender_blocks: dict[tuple[str, str], str] = field(default_factory=dict)
     _sink: list[SinkMessage] = field(default_factory=list, repr=False)
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 

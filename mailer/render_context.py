@@ -23,6 +23,7 @@ class PreviousMessage:
 
     sent_on: date
     subject: str
+    sender: str = ""  # the address it came from: after an identity switch, not the current one
 
 
 def _safe_link(link: str | None) -> str | None:
@@ -177,9 +178,14 @@ def build_context(
         "respond_by": respond_by or today + timedelta(days=RESPOND_DAYS),
         "lang": debtor.lang,
         "previous_messages": [
-            {"date": p.sent_on, "subject": p.subject}
+            {"date": p.sent_on, "subject": p.subject, "sender": p.sender}
             for p in sorted(previous, key=lambda p: p.sent_on)
         ],
+        # Where earlier reminders came from when that was another of the business's addresses
+        # (after an identity switch): honest mail says so, in case those never arrived.
+        "earlier_senders": sorted(
+            {p.sender for p in previous if p.sender and p.sender != identity.address}
+        ),
         "opt_out": opt_out,
     }
     if instalment is not None:

@@ -2,12 +2,13 @@
 # install-mailservers.sh - install Postfix + Dovecot (IMAP, LMTP, Sieve) for the test harness
 # in tests/mailenv/, without leaving the distribution's own mail services running; also the
 # command-line tools the evidence tests check exports with (openssl ts, pdftoppm/pdftotext, and
-# a headless Chromium that opens the HTML report).
+# a headless Chromium that opens the HTML report and runs the review page's browser tests),
+# and systemd-analyze, which checks systemd/mailer.service.
 # Idempotent: exits 0 at once when the binaries are already there. Needs root (apt-get).
 set -euo pipefail
 
 PACKAGES=(dovecot-imapd dovecot-lmtpd dovecot-sieve postfix openssl poppler-utils
-          chromium-headless-shell)
+          chromium-headless-shell systemd)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 have_all() {
@@ -15,7 +16,8 @@ have_all() {
         && command -v postfix >/dev/null && id postfix >/dev/null 2>&1 \
         && [ -e /usr/lib/dovecot/lmtp ] && [ -e /usr/lib/dovecot/modules/lib90_sieve_plugin.so ] \
         && command -v openssl >/dev/null && command -v pdftoppm >/dev/null \
-        && command -v pdftotext >/dev/null && command -v chromium-headless-shell >/dev/null
+        && command -v pdftotext >/dev/null && command -v chromium-headless-shell >/dev/null \
+        && command -v systemd-analyze >/dev/null
 }
 
 if have_all; then

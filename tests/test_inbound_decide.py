@@ -7,7 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from mailer.domain.classify import Classification, FailedRecipient, Intent, Kind, Reason
+from mailer.domain.blocking import SignalKind
 from mailer.domain.inbound import (
+    Blocked,
     CaseFacts,
     InboundRules,
     Note,
@@ -164,9 +166,16 @@ def test_soft_bounces_retry_then_give_up_after_the_limit() -> None:
     assert all(isinstance(e, Note) for e in decide(bounce(delayed), facts(), SENT, RULES, NOW))
 
 
-def test_blocking_bounces_are_left_to_the_blocking_assessment() -> None:
+def test_blocking_bounces_are_left_to_the_failover() -> None:
     blocked = FailedRecipient("a@debtor.example", Reason.BLOCKED, "5.7.1", True)
-    assert all(isinstance(e, Note) for e in decide(bounce(blocked), facts(), SENT, RULES, NOW))
+    effects = decide(bounce(blocked), facts(), SENT, RULES, NOW)
+    # Not a dead address: the contact stays active and the failover judges the sender.
+    assert effects == (
+        Blocked(SENT, "a@debtor.example", SignalKind.REFUSED, "blocked 5.7.1"),
+    )
+    spam = FailedRecipient("a@debtor.example", Reason.SPAM_DETECTED, "5.7.1", True)
+    (effect,) = decide(bounce(spam), facts(), SENT, RULES, NOW)
+    assert isinstance(effect, Blocked) and effect.kind is SignalKind.FILTERED
 
 
 def test_autoreply_with_return_date_shifts_the_next_step() -> None:

@@ -242,8 +242,9 @@ def test_context_is_plain_values() -> None:
     )
     assert context["step"] == {"name": "firm", "index": 3, "number": 4}
     assert context["previous_messages"] == [
-        {"date": date(2025, 6, 2), "subject": "Factura pendiente"}
+        {"date": date(2025, 6, 2), "subject": "Factura pendiente", "sender": ""}
     ]
+    assert context["earlier_senders"] == []
     assert context["payment"]["link"] is None  # one link per invoice, none for the whole case
 
 

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
 from loopback import PASSWORD
+from office import Office, answer, sent_to
 
 from mailer.app import App
 from mailer.config import load_settings
-from mailer.daemon import build_transports, make_box, open_mailbox
+from mailer.daemon import make_box
 from mailer.demo import IDENTITIES, demo_users, write_config
-from mailer.demo_debtors import delivery_report, reply_to
-from mailer.flows.inbound import Inbound, InboundReport
-from mailer.flows.outbound import Outbound
+from mailer.demo_debtors import delivery_report
+from mailer.flows.inbound import InboundReport
 from mailer.ledger import parse_invoices
 from mailer.localservers import (
     LocalMailServers,
@@ -53,52 +53,6 @@ def app(tmp_path: Path, servers: LocalMailServers) -> Iterator[App]:
     import_invoices(opened.store, parse_invoices(ledger), START, "invoices.csv", settings.profiles)
     yield opened
     opened.store.close()
-
-
-class Office:
-    """Drives the real outbound and inbound flows on a simulated clock."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.now = START
-        self.outbound = Outbound(app, build_transports(app.settings), open_mailbox)
-        self.inbound = Inbound(app)
-
-    async def advance(self, hours: int) -> None:
-        for _ in range(hours):
-            self.now += timedelta(hours=1)
-            await self.outbound.tick(self.now)
-
-    async def sync(self) -> InboundReport:
-        box = make_box(self.app.settings.identity("cobros"))
-        await asyncio.to_thread(box.connect)
-        try:
-            return await self.inbound.sync("cobros", box, self.now)
-        finally:
-            await asyncio.to_thread(box.close)
-
-    async def until_sent(self, address: str, count: int = 1, limit: int = 24 * 30) -> None:
-        """Advance hour by hour until ``address`` has ``count`` sent messages."""
-        for _ in range(limit):
-            if len(sent_to(self.app, address)) >= count:
-                return
-            await self.advance(1)
-        raise AssertionError(f"{address} never got {count} messages")
-
-    async def close(self) -> None:
-        for transport in self.outbound.transports.values():
-            await transport.close()
-
-
-def sent_to(app: App, address: str) -> list[outbox.OutboxMessage]:
-    return [m for m in outbox.select(app.store, "state = 'sent'") if address in m.recipients]
-
-
-def answer(
-    app: App, message: outbox.OutboxMessage, sender: str, text: str, when: datetime
-) -> bytes:
-    """The debtor's reply to one of our messages, threaded to it."""
-    return reply_to(outbox.raw(app.store, message), sender, text, when)
 
 
 def personal_mail(n: int, when: datetime) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import time
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,8 @@ def _step(src: TomlSource, index: int, raw: dict[str, Any]) -> Step | None:
     may("channel", lambda v: v in {c.value for c in Channel}, f"one of {channels}")
     may("approval", lambda v: isinstance(v, bool), "true or false")
     may("fallback_smtp", lambda v: isinstance(v, bool), "true or false")
+    if raw.get("fallback_smtp") is True and raw.get("channel", Channel.SMTP.value) == "smtp":
+        bad("fallback_smtp", "fallback_smtp = true needs channel = \"mailchimp\" or \"mandrill\"")
     if len(src.problems) > before:
         return None
     return Step(
@@ -285,6 +287,21 @@ def profile_problems(campaign: Campaign, profile: ComplianceProfile) -> list[str
             "min_gap_days",
         )
     return src.problems
+
+
+def channel_problems(campaigns: Mapping[str, Campaign], configured: Collection[Channel]) -> list[str]:
+    """Steps whose channel is not configured (e.g. "mailchimp" without [mailchimp]), file:line."""
+    problems: list[str] = []
+    for campaign in campaigns.values():
+        path = Path(campaign.source) if campaign.source else Path(f"{campaign.name}.toml")
+        for step in campaign.steps:
+            if step.channel is not Channel.SMTP and step.channel not in configured:
+                line = step_line(path, step.index)
+                problems.append(
+                    f"{path}:{line}: step {step.name!r} uses channel {step.channel.value!r},"
+                    f" but the configuration has no [{step.channel.value}] section"
+                )
+    return problems
 
 
 def load_campaign(path: Path) -> Campaign:

@@ -9,27 +9,12 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from enum import StrEnum
 
+from mailer.domain.blocking import SignalKind, signal_for
 from mailer.domain.calendar import local_wall_to_utc, zone
 from mailer.domain.classify import mime
-from mailer.domain.classify.model import Classification, FailedRecipient, Intent, Kind, Reason
+from mailer.domain.classify.model import Classification, FailedRecipient, Intent, Kind
 from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
 
-# Reasons that say the receiving side refuses this sender or content, not that the address is
-# bad: sending the same thing again from the same identity cannot help (the blocking work acts).
-REFUSAL_REASONS = frozenset(
-    {
-        Reason.BLOCKED,
-        Reason.REJECTED,
-        Reason.POLICY_VIOLATION,
-        Reason.SPAM_DETECTED,
-        Reason.FILTERED,
-        Reason.BAD_REPUTATION,
-        Reason.AUTH_FAILURE,
-        Reason.SECURITY_ERROR,
-        Reason.REQUIRE_PTR,
-        Reason.NOT_COMPLIANT_RFC,
-    }
-)
 MAX_RESENDS = 2  # a step is sent again at most this many times (other address, or soft bounce)
 _REPORT_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "bounce")
 
@@ -117,6 +102,7 @@ class SentRef:
     step: int
     resend: int
     recipients: tuple[str, ...]
+    identity: str = ""  # the identity it was sent from
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +204,23 @@ class Resend:
 
 
 @dataclass(frozen=True, slots=True)
+class Blocked:
+    """The receiving side refused mail as coming from the sender: the failover judges it."""
+
+    message: SentRef | None
+    address: str
+    kind: SignalKind
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     """Nothing changes; the evidence log records what arrived and why nothing was done."""
 
     what: str
 
 
-Effect = Pause | ToReview | Queue | SetContact | SoftBounce | Resend | Note
+Effect = Pause | ToReview | Queue | SetContact | SoftBounce | Resend | Blocked | Note
 
 _REPLY_REASONS = {
     Intent.PROMISE_TO_PAY: "promises to pay",
@@ -254,7 +250,7 @@ def decide(
             return (Note(f"auto-reply: back on {c.return_date.isoformat()}, already past"),)
         return (Pause(until, f"out of office until {c.return_date.isoformat()}"),)
     if c.kind is Kind.BOUNCE:
-        return _bounce(c.recipients, facts, about, rules, now)
+        return bounce(c.recipients, facts, about, rules, now)
     if c.kind is Kind.FEEDBACK:
         addresses = [r.address for r in c.recipients] or ([about.recipients[0]] if about else [])
         effects: list[Effect] = [
@@ -290,13 +286,14 @@ def _reply(c: Classification, facts: CaseFacts, rules: InboundRules) -> tuple[Ef
     return (Pause(None, _REPLY_REASONS[intent]), queue)
 
 
-def _bounce(
+def bounce(
     recipients: Sequence[FailedRecipient],
     facts: CaseFacts,
     about: SentRef | None,
     rules: InboundRules,
     now: datetime,
 ) -> tuple[Effect, ...]:
+    """What failed recipients change, from a DSN or from the server's refusal while sending."""
     effects: list[Effect] = []
     lost: set[str] = set()
     for failed in recipients:
@@ -311,9 +308,9 @@ def _bounce(
         if failed.hard:
             effects.append(SetContact(address, ContactStatus.UNDELIVERABLE, _why(failed)))
             lost.add(address.lower())
-        elif failed.reason in REFUSAL_REASONS:
-            # The receiving side refuses this sender: the blocking assessment reads it.
-            effects.append(Note(f"refused by the receiving side: {_why(failed)}"))
+        elif (kind := signal_for(failed.reason, failed.status)) is not None:
+            # The receiving side refuses this sender, not the address: the failover judges it.
+            effects.append(Blocked(about, address, kind, _why(failed)))
         elif not failed.permanent and not failed.status.startswith("5"):
             effects.append(Note(f"delivery delayed, the server keeps trying: {_why(failed)}"))
         elif soft_count + 1 >= rules.soft_bounce_limit:

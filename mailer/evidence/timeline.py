@@ -16,6 +16,7 @@ from mailer.evidence.words import (
     MAIL_KIND,
     QUIET,
     REDACTED,
+    VERDICT,
 )
 from mailer.render_format import format_money
 
@@ -61,7 +62,11 @@ def _receipt(receipt: Any) -> str:
 def _changes(changes: Any) -> str:
     if not isinstance(changes, dict):
         return "—"
-    return "; ".join(f"{k}: {v[0]} → {v[1]}" for k, v in changes.items() if isinstance(v, list))
+    # Only [old, new] pairs: without a "changes" key the whole event body comes here, and its
+    # other lists (a one-address "recipients") are not changes.
+    return "; ".join(
+        f"{k}: {v[0]} → {v[1]}" for k, v in changes.items() if isinstance(v, list) and len(v) == 2
+    )
 
 
 def _mail_what(data: dict[str, Any], lang: str) -> str:
@@ -102,6 +107,8 @@ def _values(event: EventRow, mail: Mail | None, currency: str, lang: str) -> dic
         values["from_address"] = found.get("from_address") or "—"
         values["mail_subject"] = found.get("subject") or ""
         values["what"] = _mail_what(data, lang)
+    if event.kind == "blocking_verdict":
+        values["verdict"] = VERDICT[lang].get(str(data.get("verdict")), str(data.get("verdict")))
     values["kind"] = event.kind
     return values
 

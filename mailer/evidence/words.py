@@ -188,6 +188,9 @@ EVENTS: dict[str, dict[str, str]] = {
         "mail_noted": "Nota: {note}.",
         "evidence_exported": "Exportación de pruebas ({file}).",
         "chain_timestamped": "Sello de tiempo RFC 3161 de la cadena de eventos ({tsa_name}, {gen_time}).",
+        "blocking_verdict": "Valoración de la entrega desde {identity} a {address}: {verdict} ({why}).",
+        "identity_switched": "Se sigue escribiendo desde otra dirección propia del acreedor ({to}) en lugar de {from}: {why}.",
+        "identity_problem": "La dirección remitente {identity} es rechazada por muchos dominios: {why}.",
     },
     "en": {
         "debtor_added": "Debtor “{name}” added to the client records.",
@@ -228,6 +231,9 @@ EVENTS: dict[str, dict[str, str]] = {
         "mail_noted": "Note: {note}.",
         "evidence_exported": "Evidence exported ({file}).",
         "chain_timestamped": "RFC 3161 time-stamp of the event chain ({tsa_name}, {gen_time}).",
+        "blocking_verdict": "Delivery from {identity} to {address} assessed: {verdict} ({why}).",
+        "identity_switched": "Emails continue from another of the creditor's own addresses ({to}) instead of {from}: {why}.",
+        "identity_problem": "The sending address {identity} is refused by many domains: {why}.",
     },
 }
 
@@ -259,6 +265,16 @@ INTENT: dict[str, dict[str, str]] = {
         "stop_contact": "asks not to be written to", "other": "a question or other matter",
     },
 }  # fmt: skip
+
+# The blocking assessment's verdicts (mailer.domain.blocking.Level).
+VERDICT: dict[str, dict[str, str]] = {
+    "es": {
+        "ok": "sin problemas",
+        "suspect": "posible bloqueo",
+        "likely_blocked": "bloqueo probable",
+    },
+    "en": {"ok": "no problem", "suspect": "possibly blocked", "likely_blocked": "likely blocked"},
+}
 
 # Steps of sending that the timeline folds into the "sent" line (they stay in events.jsonl).
 QUIET = frozenset(

@@ -16,8 +16,10 @@ from typing import Protocol
 from mailer.app import App
 from mailer.compose import new_message_id
 from mailer.config import is_address
+from mailer.domain.blocking import Signal, SignalKind
 from mailer.domain.classify import Classification, Kind, classify
 from mailer.domain.inbound import (
+    Blocked,
     CaseFacts,
     Effect,
     Headers,
@@ -27,6 +29,7 @@ from mailer.domain.inbound import (
     Queue,
     Relevance,
     Resend,
+    SentRef,
     SetContact,
     SoftBounce,
     ToReview,
@@ -38,7 +41,9 @@ from mailer.domain.inbound import (
     stricter_pause,
 )
 from mailer.domain.models import CaseStatus, MessageState
+from mailer.flows.blocking import Failover
 from mailer.flows.staff import set_case_status
+from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
 from mailer.store.db import iso
@@ -292,8 +297,9 @@ class Inbound:
                 store.conn.execute(
                     "UPDATE contacts SET soft_bounces = 0 WHERE address = ?", (c.from_address,)
                 )
+            self._signal(c, facts.case_id, found.message, now)
             for effect in effects:
-                self._apply(effect, facts, row, now)
+                self.apply_effect(effect, facts, now, identity=identity, inbound_id=row)
         log.info(
             "case %s: %s%s from %s", facts.case_id, c.kind.value,
             f" ({c.intent.value})" if c.intent else "", c.from_address or "?",
@@ -349,7 +355,40 @@ class Inbound:
 
     # --- acting on the case ----------------------------------------------------------------
 
-    def _apply(self, effect: Effect, facts: CaseFacts, inbound_id: int, now: datetime) -> None:
+    def _signal(
+        self, c: Classification, case_id: int, about: SentRef | None, now: datetime
+    ) -> None:
+        """What the message proves about delivery, for the blocking judgement: an answer is
+        engagement with the conversation (keyed by the address we wrote to), an auto-reply or
+        a delivery report proves our mail arrives."""
+        store = self.app.store
+        sender = about.identity if about else None
+        if c.kind in (Kind.HUMAN_REPLY, Kind.AUTOREPLY):
+            address = about.recipients[0] if about and about.recipients else c.from_address
+            if address:
+                kind = SignalKind.ENGAGED if c.kind is Kind.HUMAN_REPLY else SignalKind.REACHED
+                signal = Signal(now, kind, sender, address, c.kind.value, c.subject[:200])
+                store_blocking.record(store, signal, case_id, about.row_id if about else None)
+        elif c.kind is Kind.DELIVERED:
+            for r in c.recipients:
+                signal = Signal(now, SignalKind.REACHED, sender, r.address, "report", r.status)
+                store_blocking.record(store, signal, case_id, about.row_id if about else None)
+
+    def apply_effect(
+        self,
+        effect: Effect,
+        facts: CaseFacts,
+        now: datetime,
+        *,
+        identity: str,
+        inbound_id: int | None = None,
+        source: str = "dsn",
+    ) -> None:
+        """Carry out one decided effect on the case (in the caller's transaction).
+
+        ``identity`` is the mailbox the news came through (the sender, when the message it is
+        about is unknown); ``source`` says how a refusal was seen: "dsn" or "smtp".
+        """
         store = self.app.store
         case_id = facts.case_id
         if isinstance(effect, Pause):
@@ -417,6 +456,10 @@ class Inbound:
             store.append_event(now, "soft_bounce", {"address": effect.address}, case_id=case_id)
         elif isinstance(effect, Resend):
             self._resend(effect, case_id, now)
+        elif isinstance(effect, Blocked):
+            sender = effect.message.identity if effect.message else identity
+            signal = Signal(now, effect.kind, sender, effect.address, source, effect.why)
+            Failover(self.app).observe(case_id, signal, effect.message, now)
         elif isinstance(effect, Note):
             store.append_event(now, "mail_noted", {"note": effect.what[:500]}, case_id=case_id)
 

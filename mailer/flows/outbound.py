@@ -11,12 +11,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import islice
-from pathlib import Path
 from typing import Any, Protocol
 
 from mailer.app import App
-from mailer.compose import Attachment, compose, new_message_id
+from mailer.domain.blocking import smtp_reason
 from mailer.domain.calendar import next_slot
+from mailer.domain.classify.model import FailedRecipient, Reason
+from mailer.domain.inbound import bounce
 from mailer.domain.models import (
     Case,
     CaseStatus,
@@ -35,11 +36,15 @@ from mailer.errors import (
     PermanentError,
     TemporaryError,
 )
-from mailer.render_context import PreviousMessage
+from mailer.flows.blocking import Failover
+from mailer.flows.inbound import Inbound
+from mailer.flows.stage import stage
+from mailer.store import blocking as store_blocking
+from mailer.store import inbound as store_inbound
 from mailer.store import outbox
 from mailer.store.db import canonical, iso
 from mailer.store.ledger import load_cases, load_history
-from mailer.transports.base import DeliveryRefusedError, Transport
+from mailer.transports.base import DeliveryRefusedError, RecipientRefusal, Transport
 
 log = logging.getLogger(__name__)
 IDENTITY_WAIT = timedelta(minutes=15)
@@ -69,6 +74,7 @@ class TickReport:
     failed: int = 0
     reconciled: int = 0
     copied: int = 0
+    judged: int = 0  # cases whose refusals the failover judged
     errors: list[str] = field(default_factory=list)
 
 
@@ -78,6 +84,9 @@ class Outbound:
     transports: Mapping[str, Transport]
     open_mailbox: MailboxOpener | None = None
     batch: int = 500
+    # Transports by channel for messages not sent by SMTP ("mailchimp", "mandrill"); such a
+    # channel settles its own crash leftovers (asking its API), so reconcile leaves them alone.
+    channels: Mapping[str, Transport] = field(default_factory=dict)
     # "sent" records waiting to share the next claim's commit (see _claim)
     _unrecorded: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
@@ -97,6 +106,7 @@ class Outbound:
         ids = list(identities)
         history = load_history(store, ids)
         cases = load_cases(store, ids)
+        engaged = store_blocking.engaged_cases(store, ids)
         # One transaction (one fsync) per PLAN_CHUNK cases instead of two per case; a savepoint
         # keeps each case's writes all-or-nothing. A crash loses only plans of unsent messages,
         # which the next pass makes again.
@@ -106,7 +116,12 @@ class Outbound:
                     try:
                         with _savepoint(conn):
                             self._plan_case(
-                                case, identities[case.id], history.get(case.id, []), now, report
+                                case,
+                                identities[case.id],
+                                history.get(case.id, []),
+                                now,
+                                report,
+                                case.id in engaged,
                             )
                     except NeedsReviewError as exc:
                         self._to_review(case.id, now, str(exc))
@@ -130,6 +145,7 @@ class Outbound:
         history: list[HistoryEntry],
         now: datetime,
         report: TickReport,
+        engaged: bool = False,
     ) -> None:
         store = self.app.store
         if case.status is CaseStatus.PAUSED and case.paused_until and case.paused_until <= now:
@@ -141,6 +157,14 @@ class Outbound:
                 store.append_event(now, "case_resumed", {"reason": "pause ended"}, case_id=case.id)
         action = self.app.plan(case, history, now)
         if isinstance(action, SendStep) and action.at <= now:
+            if engaged:
+                # A debtor who answered before and now hears nothing may no longer be
+                # receiving this identity's mail: the failover looks before the next step.
+                current = identity_name or self.app.settings.failover_pool()[0]
+                chosen = Failover(self.app).before_send(case, current, now)
+                if chosen is None:
+                    return  # the case went to a person
+                identity_name = chosen
             if self.enqueue(case, action, identity_name, now):
                 report.planned += 1
             self._next_look(case.id, now)  # look again: the next step's time depends on this one
@@ -163,58 +187,17 @@ class Outbound:
         Also the instalment flow's way out: its reminders add ``instalment`` to the context.
         """
         settings = self.app.settings
-        identity = settings.identity(identity_name) if identity_name else settings.identities[0]
-        addresses = case.debtor.active_addresses
-        if not addresses:
+        identity = settings.identity(identity_name or settings.failover_pool()[0])
+        if not case.debtor.active_addresses:
             self._to_review(case.id, now, "no deliverable address left")
             return False
-        recipient = addresses[0]  # one consolidated email to the main contact
-        previous = [
-            PreviousMessage(m.sent_at.date(), m.subject)
-            for m in outbox.select(self.app.store, "case_id = ? AND state = 'sent'", (case.id,))
-            if m.sent_at
-        ]
-        rendered = self.app.render(case, action.step, identity, now, previous, instalment)
-        in_reply_to, references = outbox.thread(self.app.store, case.id)
-        message_id = new_message_id(identity, case.id, action.step.index)
-        profile_opt_out = settings.profiles[case.debtor.kind].opt_out_line
-        raw = compose(
-            settings.creditor,
-            identity,
-            case,
-            rendered,
-            recipients=[recipient],
-            message_id=message_id,
-            date=now,
-            in_reply_to=in_reply_to,
-            references=references,
-            attachments=_attachments(case),
-            opt_out=profile_opt_out,
-        )
-        envelope = [recipient]
-        state = MessageState.AWAITING_APPROVAL if action.step.approval else MessageState.QUEUED
-        row = outbox.enqueue(
-            self.app.store,
-            case_id=case.id,
-            step=action.step.index,
-            step_name=action.step.name,
-            channel=action.step.channel.value,
-            identity=identity.name,
-            message_id=message_id,
-            recipients=envelope,
-            subject=rendered.subject,
-            raw=raw,
-            in_reply_to=in_reply_to,
-            state=state,
-            now=now,
-            deadline=now + timedelta(hours=settings.retry_deadline_hours),
-        )
-        if row is not None:
+        staged = stage(self.app, case, action.step, identity, now, instalment=instalment)
+        if staged is not None:
             log.info(
-                "planned %s for case %s (%s)", action.step.name, case.id, state.value,
-                extra={"case_id": case.id, "message_id": message_id},
+                "planned %s for case %s", action.step.name, case.id,
+                extra={"case_id": case.id, "message_id": staged[1]},
             )  # fmt: skip
-        return row is not None
+        return staged is not None
 
     def _to_review(self, case_id: int, now: datetime, reason: str) -> None:
         store = self.app.store
@@ -322,9 +305,13 @@ class Outbound:
     async def _send(self, message: outbox.OutboxMessage, now: datetime, report: TickReport) -> bool:
         """One attempt; True when the server accepted the message."""
         store = self.app.store
-        transport = self.transports.get(message.identity)
+        if message.channel == "smtp":
+            transport = self.transports.get(message.identity)
+        else:
+            transport = self.channels.get(message.channel)
         if transport is None:
-            raise MailerError(f"no transport for identity {message.identity!r}")
+            raise MailerError(f"no transport for identity {message.identity!r}"
+                              f" on channel {message.channel!r}")  # fmt: skip
         identity = self.app.settings.identity(message.identity)
         if not self._claim(message, now):
             return False
@@ -356,6 +343,7 @@ class Outbound:
             )
             report.failed += 1
             log.warning("refused: %s", exc, extra=context)
+            self._refused(message, exc, now)
             return False
         except PermanentError as exc:
             outbox.move(
@@ -411,6 +399,42 @@ class Outbound:
             extra=context,
         )
         return True
+
+    def _refused(
+        self, message: outbox.OutboxMessage, exc: DeliveryRefusedError, now: datetime
+    ) -> None:
+        """A refusal met while sending decides as a bounce report would: an address that does
+        not exist gives way to the debtor's next one, a refusal of the sender goes to the
+        failover. One bad case never stops the pass."""
+        store = self.app.store
+        try:
+            facts = store_inbound.case_facts(store, message.case_id)
+            about = store_inbound.sent_refs(store, [message.message_id]).get(message.message_id)
+            if facts is None or about is None:
+                return
+            refusals = exc.refusals or tuple(
+                RecipientRefusal(a, exc.code or 550, exc.detail or str(exc)) for a in message.recipients
+            )
+            failed = []
+            for r in refusals:
+                reason, status = smtp_reason(r.code, r.text, exc.stage)
+                failed.append(
+                    FailedRecipient(
+                        r.address, reason or Reason.ON_HOLD, status, r.code >= 500, r.text
+                    )
+                )
+            inbound = Inbound(self.app)
+            effects = bounce(failed, facts, about, inbound.rules, now)
+            with store.transaction():
+                for effect in effects:
+                    inbound.apply_effect(
+                        effect, facts, now, identity=message.identity, source="smtp"
+                    )
+        except Exception as exc2:
+            log.exception("acting on a refusal failed", extra={"case_id": message.case_id})
+            store.append_event(
+                now, "case_error", {"error": repr(exc2)[:500]}, case_id=message.case_id
+            )
 
     def _claim(self, message: outbox.OutboxMessage, now: datetime) -> bool:
         """queued → sending, committed before the first byte goes to the server.
@@ -487,7 +511,7 @@ class Outbound:
         stuck = [
             m
             for m in outbox.select(self.app.store, "state = 'sending'")
-            if m.updated_at <= now - grace
+            if m.updated_at <= now - grace and m.channel not in self.channels
         ]
         by_identity: dict[str, list[outbox.OutboxMessage]] = {}
         for message in stuck:
@@ -601,6 +625,8 @@ class Outbound:
         """One bounded pass; safe to interrupt between any two steps."""
         report = TickReport()
         await self.reconcile(now, report)
+        # Refusals met since the last pass, judged together before anything is planned.
+        report.judged = Failover(self.app).judge_pending(now)
         self.plan_due(now, report)
         fresh = await self.send_due(now, report, stop)
         if not stop():
@@ -625,16 +651,3 @@ def _copy_address(identity: Identity) -> str | None:
     """Where the receipt copy goes: the identity's own mailbox, if we can read it back."""
     return identity.address if identity.receipt_copy and identity.imap_host else None
 
-
-def _attachments(case: Case) -> list[Attachment]:
-    files = []
-    for invoice in case.open_invoices:
-        if invoice.pdf_path:
-            path = Path(invoice.pdf_path)
-            try:
-                files.append(Attachment(path.name, path.read_bytes()))
-            except OSError as exc:
-                raise PermanentError(
-                    f"invoice {invoice.number}: cannot read {path}: {exc.strerror}"
-                ) from exc
-    return files

@@ -107,9 +107,11 @@ class Store:
             "CREATE TABLE IF NOT EXISTS migrations "
             "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
         )
-        current = self.schema_version()
-        for version, name, statements in MIGRATIONS:
-            if version <= current:
+        # By the record of each version, not the highest: migrations written side by side land
+        # in any order, and each must run exactly once.
+        done = {int(r[0]) for r in self.conn.execute("SELECT version FROM migrations")}
+        for version, name, statements in sorted(MIGRATIONS, key=lambda m: m[0]):
+            if version in done:
                 continue
             with self.transaction() as conn:
                 for statement in statements:

@@ -57,13 +57,13 @@ def sent_refs(store: Store, message_ids: Iterable[str]) -> dict[str, SentRef]:
     found: dict[str, SentRef] = {}
     for chunk in _chunks(wanted):
         rows = store.conn.execute(
-            "SELECT id, case_id, message_id, step, resend, recipients FROM messages"
+            "SELECT id, case_id, message_id, step, resend, recipients, identity FROM messages"
             f" WHERE message_id IN ({', '.join('?' * len(chunk))})",
             tuple(chunk),
         )
-        for row_id, case_id, message_id, step, resend, recipients in rows:
+        for row_id, case_id, message_id, step, resend, recipients, identity in rows:
             found[message_id] = SentRef(
-                row_id, case_id, message_id, step, resend, tuple(json.loads(recipients))
+                row_id, case_id, message_id, step, resend, tuple(json.loads(recipients)), identity
             )
     return found
 

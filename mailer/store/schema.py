@@ -237,8 +237,61 @@ _V3 = [
     "ALTER TABLE cases ADD COLUMN purged_at TEXT",
 ]
 
+# Likely blocking (mailer.domain.blocking): what each delivery attempt and answer says about mail
+# from one identity to one address, read back per case and per identity; the events keep the proof.
+_V4 = [
+    """CREATE TABLE delivery_signals (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        case_id INTEGER REFERENCES cases(id),
+        message_id INTEGER REFERENCES messages(id),
+        identity TEXT,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        judged_at TEXT)""",
+    "CREATE INDEX delivery_signals_case ON delivery_signals (case_id)",
+    # Refusals wait here for the failover pass, which judges them together: an identity that
+    # every domain refuses is seen as such before any case switches away from it.
+    """CREATE INDEX delivery_signals_unjudged ON delivery_signals (case_id)
+        WHERE judged_at IS NULL AND kind IN ('refused', 'filtered', 'misconfigured')""",
+    "CREATE INDEX delivery_signals_identity ON delivery_signals (identity, at)",
+    "ALTER TABLE cases ADD COLUMN identity_switches INTEGER NOT NULL DEFAULT 0",
+]
+
+# Mailchimp (mailer.flows.mailchimp): what each message sent through Mailchimp became there. The
+# campaign's title is unique and stored before it is created, its id right after: a crash at any
+# point is settled by asking Mailchimp, never by sending again. Read-back progress lives here too.
+_V5 = [
+    """CREATE TABLE mailchimp_sends (
+        message INTEGER PRIMARY KEY REFERENCES messages(id),
+        channel TEXT NOT NULL,
+        address TEXT NOT NULL,
+        title TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        remote_id TEXT,
+        segment_id INTEGER,
+        scheduled_for TEXT,
+        launched_at TEXT,
+        refusal TEXT,
+        outcome TEXT,
+        member_status TEXT,
+        seen TEXT NOT NULL DEFAULT '[]',
+        abuse_seen INTEGER NOT NULL DEFAULT 0,
+        next_poll_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    "CREATE INDEX mailchimp_sends_poll ON mailchimp_sends (next_poll_at)"
+    " WHERE next_poll_at IS NOT NULL",
+    "CREATE INDEX mailchimp_sends_state ON mailchimp_sends (state)",
+]
+
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, "ledger, cases, outbox, events", _V1),
     (2, "mailbox watcher, inbound mail, reviews, resends, instalments", _V2),
     (3, "evidence: body hashes in the chain, redaction, retention", _V3),
+    (4, "likely blocking: delivery signals, identity switches", _V4),
+    (5, "mailchimp: campaigns and transactional messages per outbox message", _V5),
 ]

@@ -9,7 +9,12 @@ import imaplib
 import json
 import os
 import pwd
+import re
+import shlex
 import shutil
+import signal
+import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,6 +88,11 @@ class MailEnv:
     def messages(self, user: str, folder: str = "INBOX") -> list[EmailMessage]:
         """Messages stored in a folder, oldest first, read straight from the Maildir."""
         return _read_maildir(self.maildir(user, folder))
+
+    def raw_messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
+        """The stored bytes of a folder's messages, oldest first (Dovecot stores LF line ends
+        and prepends Return-Path, Delivered-To and Received)."""
+        return [data for _mtime, data in _maildir_files(self.maildir(user, folder))]
 
     def remote_messages(self) -> list[EmailMessage]:
         """Messages the remote MX accepted (with X-Envelope-From/-To headers)."""
@@ -189,6 +199,117 @@ class MailEnv:
         """A server's log (postfix, dovecot, remote_mx), for assertions and failure messages."""
         path = self.dir / "log" / f"{name}.log"
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def wait_for_empty_queue(self, timeout: float = 30.0) -> None:
+        """Wait until Postfix has nothing left to deliver: what was accepted is in its
+        mailboxes, and the mail it caused (DSNs, Sieve vacation replies, which are queued
+        before the message that caused them leaves the queue) has been delivered too."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = self.queue()
+            if "Mail queue is empty" in listing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Postfix queue not empty after {timeout}s:\n{listing}")
+            time.sleep(0.02)
+
+    def submit(
+        self, data: bytes, sender: str, recipients: Sequence[str], login: str | None = None
+    ) -> None:
+        """Send ``data`` as a mail client does: the submission port, AUTH as ``login``
+        (default: ``sender``) against Dovecot."""
+        with smtplib.SMTP(self.host, self.submission_port, timeout=10) as smtp:
+            smtp.login(login or sender, self.password)
+            smtp.sendmail(sender, list(recipients), data)
+
+    def relay(self, data: bytes, sender: str, recipients: Sequence[str]) -> None:
+        """Send ``data`` as another mail server does: the plain SMTP port, no AUTH (works
+        while Dovecot, which checks AUTH, is down; Postfix queues until LMTP is back)."""
+        with smtplib.SMTP(self.host, self.smtp_port, timeout=10) as smtp:
+            smtp.sendmail(sender, list(recipients), data)
+
+    def sieve_discarded(self, user: str) -> set[str]:
+        """Message-IDs a user's own Sieve script discarded, from Dovecot's delivery log."""
+        pattern = re.compile(
+            rf"lmtp\({re.escape(user.lower())}\)\S*: Info: sieve: msgid=(<[^>\s]*>):"
+            r" discard action"
+        )
+        return set(pattern.findall(self.log("dovecot")))
+
+    # ------------------------------------------------------------ Dovecot restarts
+    def stop_dovecot(self, crash: bool = False, timeout: float = 10.0) -> None:
+        """Stop Dovecot (master and every service): IMAP clients get ``BYE`` (or, with
+        ``crash``, SIGKILL: the connections just end), AUTH on submission fails, Postfix
+        defers LMTP deliveries until it is back."""
+        pid_file = self.dir / "pids" / "dovecot.pid"
+        master = int(pid_file.read_text(encoding="ascii").strip())
+        # TERM the services too: the master alone takes ~1 s to wind them down
+        pids = [master, *_children(master)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if crash else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        pid_file.unlink()
+        # A killed master leaves its pid file behind; where init reaps nobody (containers) that
+        # PID stays a zombie and the next start would think Dovecot is still running.
+        (self.dir / "dovecot" / "run" / "master.pid").unlink(missing_ok=True)
+        while _port_open(self.host, self.imap_port):
+            if time.monotonic() > deadline:
+                raise MailEnvError("Dovecot stopped but its IMAP port still answers")
+            time.sleep(0.02)
+
+    def start_dovecot(self, timeout: float = 15.0) -> None:
+        """Start Dovecot again on the same ports, config and mail (UIDs and UIDVALIDITY
+        survive), the way start.sh does; returns once IMAP, LMTP and AUTH answer."""
+        argv = [_sbin("dovecot"), "-F", "-c", str(self.dir / "dovecot" / "dovecot.conf")]
+        if os.geteuid() == 0:
+            # as start.sh: the whole of Dovecot runs as the mail user that owns the maildirs
+            owner = (self.dir / "mail").stat()
+            argv = ["setpriv", f"--reuid={owner.st_uid}", f"--regid={owner.st_gid}",
+                    "--clear-groups", "--reset-env", *argv]  # fmt: skip
+        log = self.dir / "log" / "dovecot.stdout"
+        pid_file = self.dir / "pids" / "dovecot.pid"
+        # backgrounded by a shell that exits at once: Dovecot is nobody's child, as at start
+        subprocess.run(
+            [
+                "bash",
+                "-c",
+                f"setsid {shlex.join(argv)} </dev/null >>{shlex.quote(str(log))} 2>&1 &"
+                f" echo $! > {shlex.quote(str(pid_file))}",
+            ],
+            check=True,
+            timeout=10,
+        )
+        deadline = time.monotonic() + timeout
+        for port in (self.imap_port, self.lmtp_port, self.sasl_port):
+            while not _port_open(self.host, port):
+                if time.monotonic() > deadline:
+                    raise MailEnvError(f"Dovecot did not come back on port {port}: see {log}")
+                time.sleep(0.02)
+
+    def restart_dovecot(self, crash: bool = False) -> None:
+        self.stop_dovecot(crash)
+        self.start_dovecot()
+
+    def idling(self, user: str) -> bool:
+        """Whether one of ``user``'s IMAP sessions is inside IDLE right now, as Dovecot's own
+        process titles say (verbose_proctitle)."""
+        instance = f"dovecot-mailenv-{self.dir.name}/imap"
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if title.startswith(instance) and f"[{user.lower()} " in title and " IDLE]" in title:
+                return True
+        return False
 
     def _postqueue(self, flag: str) -> str:
         p = subprocess.run(
@@ -348,8 +469,8 @@ def _process_identity(pid: int) -> str:
     return f"{pid} {stat.rpartition(')')[2].split()[19]}\n"  # field 22: starttime
 
 
-def _read_maildir(root: Path) -> list[EmailMessage]:
-    found: list[tuple[float, EmailMessage]] = []
+def _maildir_files(root: Path) -> list[tuple[float, bytes]]:
+    found: list[tuple[float, bytes]] = []
     for sub in ("cur", "new"):
         d = root / sub
         if not d.is_dir():
@@ -360,11 +481,47 @@ def _read_maildir(root: Path) -> list[EmailMessage]:
                 mtime = path.stat().st_mtime
             except FileNotFoundError:
                 continue
-            msg = email.message_from_bytes(data, policy=email.policy.default)
-            assert isinstance(msg, EmailMessage)
-            found.append((mtime, msg))
+            found.append((mtime, data))
     found.sort(key=lambda pair: pair[0])
-    return [m for _, m in found]
+    return found
+
+
+def _read_maildir(root: Path) -> list[EmailMessage]:
+    messages = []
+    for _mtime, data in _maildir_files(root):
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        messages.append(msg)
+    return messages
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a stopped daemon waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields and int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _atomic_write(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
