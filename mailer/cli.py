@@ -277,9 +277,18 @@ def classify(path: Path, as_json: bool) -> None:
 )
 @click.option("--days", default=60, show_default=True, help="Simulated days.")
 @click.option("--step-minutes", default=60, show_default=True, help="Simulated time per tick.")
-def demo(workdir: Path, days: int, step_minutes: int) -> None:
+@click.option(
+    "--real-servers",
+    is_flag=True,
+    help="Through Postfix and Dovecot instead (the end-to-end test environment, tests/mailenv:"
+    " a source checkout, root, and scripts/install-mailservers.sh).",
+)
+def demo(workdir: Path, days: int, step_minutes: int, real_servers: bool) -> None:
     """Run a whole escalation on local servers in simulated time: no setup, no network."""
-    from mailer.demo import run_demo
+    if real_servers:
+        from mailer.demo_real import run_demo_real as run_demo
+    else:
+        from mailer.demo import run_demo
 
     result = run_demo(workdir, days=days, step_minutes=step_minutes, console=console)
     if not result.chain_ok or result.sent == 0:

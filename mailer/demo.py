@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mailer.app import App
-from mailer.config import load_settings
+from mailer.config import Settings, load_settings
 from mailer.daemon import Daemon, build_transports, build_watchers, make_box, open_mailbox
 from mailer.demo_debtors import DemoDebtors
 from mailer.domain.calendar import zone
@@ -55,8 +55,20 @@ def demo_users(password: str) -> dict[str, str]:
     return {address: password for address, _ in IDENTITIES.values()}
 
 
-def write_config(workdir: Path, servers: LocalMailServers, *, grace_seconds: int = 60) -> Path:
-    """A mailer.toml for the embedded servers (also used by the tests)."""
+def write_config(
+    workdir: Path,
+    servers: LocalMailServers,
+    *,
+    grace_seconds: int = 60,
+    ca_file: Path | None = None,
+) -> Path:
+    """A mailer.toml for the embedded servers (also used by the tests); with ``ca_file``,
+    submission over STARTTLS verified against that CA (`mailer demo --real-servers`)."""
+    security = (
+        f'smtp_security = "starttls"\nca_file = "{ca_file}"'
+        if ca_file is not None
+        else 'smtp_security = "plain"        # loopback demo servers only; real mailboxes use tls/starttls'
+    )
     identities = "".join(
         f"""
 [identities.{name}]
@@ -64,7 +76,7 @@ address = "{address}"
 display_name = "{display}"
 smtp_host = "{servers.smtp_host}"
 smtp_port = {servers.smtp_port}
-smtp_security = "plain"        # loopback demo servers only; real mailboxes use tls/starttls
+{security}
 smtp_user = "{address}"
 password_env = "MAILER_DEMO_PASSWORD"
 imap_host = "{servers.imap_host}"
@@ -142,13 +154,17 @@ async def _simulate(
     return sent
 
 
+def fresh_workdir(workdir: Path) -> None:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+
+
 def run_demo(
     workdir: Path, days: int = 60, step_minutes: int = 60, console: Console | None = None
 ) -> DemoResult:
     console = console or Console()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    fresh_workdir(workdir)
     users = demo_users(secrets.token_urlsafe(12))
     with running_local_servers(workdir / "servers", users) as servers:
         console.print(
@@ -156,7 +172,26 @@ def run_demo(
             f"IMAP on {servers.imap_host}:{servers.imap_port} (loopback only)"
         )
         settings = load_settings(write_config(workdir, servers))
-        app = App.open(settings)
+        sent, chain_ok = escalate(settings, DemoDebtors(servers), days, step_minutes, console)
+        accepted = len(servers.sink_messages())
+        copies = _count_sent_copies(servers)
+    console.print(
+        f"\n{sent} reminders sent; the SMTP server accepted {accepted} messages (each to the debtor "
+        f"and, as a receipt, to our own mailbox); {copies} copies filed in the Sent folders over IMAP."
+    )
+    database = settings.database
+    console.print(f"database: {database}\nevent chain: {'verified' if chain_ok else 'BROKEN'}")
+    console.print(f"mail as the servers stored it: {workdir / 'servers' / 'maildir'}")
+    return DemoResult(workdir, database, sent, accepted, copies, chain_ok)
+
+
+def escalate(
+    settings: Settings, debtors: DemoDebtors, days: int, step_minutes: int, console: Console
+) -> tuple[int, bool]:
+    """The sample ledger through the daemon in simulated time, then what happened: returns
+    how many reminders were sent and whether the event chain verifies."""
+    app = App.open(settings)
+    try:
         rows = parse_invoices(SAMPLE_DIR / "invoices.csv")
         report = import_invoices(app.store, rows, START, "sample invoices.csv", settings.profiles)
         console.print(
@@ -164,25 +199,15 @@ def run_demo(
         )
         payments = parse_payments(SAMPLE_DIR / "payments.csv")
         daemon = Daemon(app, Outbound(app, build_transports(settings), open_mailbox), interval=0)
-        debtors = DemoDebtors(servers)
         with console.status(f"simulating {days} days, one tick per {step_minutes} minutes…"):
             sent = asyncio.run(
                 _run(app, daemon, payments, days, timedelta(minutes=step_minutes), debtors)
             )
         _timeline(app, console)
         _arrivals(app, console)
-        accepted = len(servers.sink_messages())
-        copies = _count_sent_copies(servers)
-        chain_ok = app.store.verify_chain() is None
-        database = settings.database
+        return sent, app.store.verify_chain() is None
+    finally:
         app.store.close()
-    console.print(
-        f"\n{sent} reminders sent; the SMTP server accepted {accepted} messages (each to the debtor "
-        f"and, as a receipt, to our own mailbox); {copies} copies filed in the Sent folders over IMAP."
-    )
-    console.print(f"database: {database}\nevent chain: {'verified' if chain_ok else 'BROKEN'}")
-    console.print(f"mail as the servers stored it: {workdir / 'servers' / 'maildir'}")
-    return DemoResult(workdir, database, sent, accepted, copies, chain_ok)
 
 
 async def _run(
@@ -241,6 +266,14 @@ def _timeline(app: App, console: Console) -> None:
             str(case_id), name, f"{lang}/{kind}", " → ".join(per_case[case_id]) or "—", outcome
         )
     console.print(table)
+    for case_id, at, body in app.store.conn.execute(
+        "SELECT case_id, at, body FROM events WHERE kind = 'identity_switched' ORDER BY id"
+    ):
+        data = json.loads(body)["data"]
+        console.print(
+            f"case {case_id}: from {at[:10]} written from [bold]{data['to']}[/] instead of"
+            f" {data['from']}: {data['why']}"
+        )
 
 
 def _arrivals(app: App, console: Console) -> None:

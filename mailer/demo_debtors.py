@@ -93,9 +93,10 @@ class Script:
 
     address: str
     after: int
-    does: str  # "reply", "autoreply" or "bounce"
+    does: str  # "reply", "autoreply", "bounce", or "refuse" (its server refuses ``sender``)
     text: str
     delay: timedelta = timedelta(hours=3)
+    sender: str = ""  # for "refuse": the identity whose mail the debtor's server refuses
 
 
 # Sample-ledger debtors (mailer/data/sample) and what they do in the demo.
@@ -115,6 +116,9 @@ SCRIPTS: tuple[Script, ...] = (
            "Por favor, dejen de escribirme a este correo."),
     Script("administracion@consultoria-vasca.example", 1, "reply",
            "Ahora mismo no podemos pagarlo todo. ¿Podríamos pagarlo en tres plazos?"),
+    Script("administracion@construcciones-iberia.example", 0, "refuse",
+           "550 5.7.1 <cobros@taller-demo.example>: Sender address rejected: Access denied",
+           sender="cobros@taller-demo.example"),
 )  # fmt: skip
 
 
@@ -128,6 +132,13 @@ class DemoDebtors:
     _counts: dict[str, int] = field(default_factory=dict)
     _due: list[tuple[datetime, str, bytes]] = field(default_factory=list)
     log: list[tuple[datetime, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A debtor's server with a sender-block table: it refuses one identity at RCPT.
+        for script in self.scripts:
+            if script.does == "refuse":
+                domain = script.address.rsplit("@", 1)[1]
+                self.servers.sender_blocks[(script.sender.lower(), domain)] = script.text
 
     def react(self, now: datetime) -> None:
         """Schedule answers to newly accepted mail; deliver those whose time has come."""

@@ -56,7 +56,7 @@ def load_rules(settings: Settings) -> Rules:
     templates = rules.templates
     for lang in templates.languages():
         env = templates.environment(lang)
-        pass  # env.auto_reload = False
+        env.auto_reload = False
         root = templates.directory / lang
         try:
             for path in templates.files(lang):

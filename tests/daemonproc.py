@@ -79,6 +79,12 @@ class NotifySocket:
     def close(self) -> None:
         self.sock.close()
 
+    def __enter__(self) -> NotifySocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def read(self, seconds: float) -> list[dict[str, str]]:
         """Everything that arrives within ``seconds``."""
         got = []

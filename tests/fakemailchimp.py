@@ -134,9 +134,7 @@ class FakeMailchimp:
     def fail(self, method: str, path: str, status: int, title: str = "", detail: str = "",
              *, times: int = 1, after: bool = False) -> None:  # fmt: skip
         """The next ``times`` requests matching answer ``status`` (0: no answer at all)."""
-        self.faults.append(
-            Fault(method, re.compile(path), status, title, detail, times, after)
-        )
+        self.faults.append(Fault(method, re.compile(path), status, title, detail, times, after))
 
     def add_member(self, email: str, status: str) -> None:
         self.members[md5(email)] = Member(email, status, last_changed=stamp(self.clock()))
@@ -173,7 +171,9 @@ class FakeMailchimp:
         """Mailchimp's side of the clock: scheduled campaigns whose time has come go out."""
         with self.lock:
             for campaign in self.campaigns.values():
-                if campaign["status"] == "schedule" and campaign["send_time"] <= stamp(self.clock()):
+                if campaign["status"] == "schedule" and campaign["send_time"] <= stamp(
+                    self.clock()
+                ):
                     self._deliver(campaign)
 
     def calls(self, method: str, pattern: str) -> list[Request]:
@@ -181,7 +181,9 @@ class FakeMailchimp:
 
     # --- the API ----------------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
         p = path.removeprefix("/3.0")
         lst = f"/lists/{re.escape(self.list_id)}"
         routes: list[tuple[str, str, Callable[..., tuple[int, Any]]]] = [
@@ -322,7 +324,11 @@ class FakeMailchimp:
         return 200, self._campaign_json(self.campaigns[campaign_id])
 
     def _audience(self, segment: int | None) -> list[str]:
-        emails = self.segments[segment]["emails"] if segment else [m.email for m in self.members.values()]
+        emails = (
+            self.segments[segment]["emails"]
+            if segment
+            else [m.email for m in self.members.values()]
+        )
         return [e for e in emails if self.members[md5(e)].status == "subscribed"]
 
     def _campaign(self, campaign_id: str) -> dict[str, Any]:
@@ -345,7 +351,9 @@ class FakeMailchimp:
     def _get_campaign(self, campaign_id: str, *, query: Any, body: Any) -> tuple[int, Any]:
         return 200, self._campaign_json(self._campaign(campaign_id))
 
-    def _put_content(self, campaign_id: str, *, query: Any, body: dict[str, Any]) -> tuple[int, Any]:
+    def _put_content(
+        self, campaign_id: str, *, query: Any, body: dict[str, Any]
+    ) -> tuple[int, Any]:
         campaign = self._campaign(campaign_id)
         if campaign["status"] not in ("save", "paused"):
             raise Problem(400, "Bad Request", "Cannot update a campaign that has already been sent or scheduled.")  # fmt: skip
@@ -355,13 +363,19 @@ class FakeMailchimp:
             raise Problem(400, "Invalid Resource", "Content is required.")
         if text is None and html is not None:
             text = re.sub(r"<[^>]+>", "", html)  # Mailchimp makes a plain-text version itself
-        self.content[campaign_id] = {"html": html or "", "plain_text": text or "", "archive_html": html or ""}
+        self.content[campaign_id] = {
+            "html": html or "",
+            "plain_text": text or "",
+            "archive_html": html or "",
+        }
         return 200, {**self.content[campaign_id], "_links": []}
 
     def _ready(self, campaign: dict[str, Any]) -> None:
         if campaign["status"] not in ("save", "paused"):
             raise Problem(400, "Bad Request", "This campaign has already been scheduled or sent.")
-        if campaign["id"] not in self.content or not self._audience(campaign["recipients"]["segment_opts"]["saved_segment_id"]):
+        if campaign["id"] not in self.content or not self._audience(
+            campaign["recipients"]["segment_opts"]["saved_segment_id"]
+        ):
             raise Problem(400, "Bad Request", "Your Campaign is not ready to send.")  # fmt: skip
 
     def _schedule(self, campaign_id: str, *, query: Any, body: dict[str, Any]) -> tuple[int, Any]:
@@ -441,7 +455,9 @@ def _handler(fake: FakeMailchimp) -> type[BaseHTTPRequestHandler]:
             body = json.loads(raw) if raw else None
             auth = self.headers.get("Authorization", "")
             with fake.lock:
-                fake.requests.append(Request(self.command, url.path, parse_qs(url.query), body, auth))
+                fake.requests.append(
+                    Request(self.command, url.path, parse_qs(url.query), body, auth)
+                )
                 fault = next((f for f in fake.faults if f.times > 0 and f.method == self.command
                               and f.pattern.search(url.path)), None)  # fmt: skip
                 if fault is not None:
@@ -457,14 +473,20 @@ def _handler(fake: FakeMailchimp) -> type[BaseHTTPRequestHandler]:
         def _fault(self, fault: Fault) -> tuple[int, Any]:
             if fault.status == 0:
                 return 0, None
-            titles = {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+            titles = {
+                429: "Too Many Requests",
+                500: "Internal Server Error",
+                503: "Service Unavailable",
+            }
             details = {429: "You have exceeded the limit of 10 simultaneous connections."}
             return fault.status, Problem(
                 fault.status, fault.title or titles.get(fault.status, "Bad Request"),
                 fault.detail or details.get(fault.status, "An error occurred."),
             ).body()  # fmt: skip
 
-        def _answer(self, path: str, query: dict[str, list[str]], body: Any, auth: str) -> tuple[int, Any]:
+        def _answer(
+            self, path: str, query: dict[str, list[str]], body: Any, auth: str
+        ) -> tuple[int, Any]:
             expected = "Basic " + base64.b64encode(f"user:{fake.api_key}".encode()).decode()
             if auth != expected:
                 return 401, Problem(401, "API Key Invalid", "Your API key may be invalid, or you've attempted to access the wrong datacenter.").body()  # fmt: skip

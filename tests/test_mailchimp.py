@@ -10,6 +10,7 @@ import json
 import logging
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,8 +20,8 @@ from mailchimp_setup import KEY, NOW, Clock, Office, add_case, clock, fake, make
 
 from mailer.cli import main
 from mailer.daemon import make_daemon
-from mailer.localservers import LocalMailServers
 from mailer.domain.models import MessageState
+from mailer.localservers import LocalMailServers
 from mailer.store import outbox
 
 __all__ = ["clock", "fake"]  # fixtures
@@ -35,7 +36,7 @@ def sent_parts(raw: bytes) -> tuple[str, str]:
     return str(html.get_content()), str(text.get_content())
 
 
-def only_campaign(fake: FakeMailchimp) -> dict[str, object]:
+def only_campaign(fake: FakeMailchimp) -> dict[str, Any]:
     assert len(fake.campaigns) == 1, fake.campaigns
     return next(iter(fake.campaigns.values()))
 
@@ -64,7 +65,7 @@ def test_a_step_becomes_a_scheduled_campaign_to_one_member(
     assert put.body["status_if_new"] == "subscribed" and "status" not in put.body
     # The campaign: addressed to a static segment holding that one member.
     campaign = only_campaign(fake)
-    segment = fake.segments[campaign["recipients"]["segment_opts"]["saved_segment_id"]]  # type: ignore[index]
+    segment = fake.segments[campaign["recipients"]["segment_opts"]["saved_segment_id"]]
     assert segment["emails"] == ["d1@debtor.example"] and segment["type"] == "static"
     assert campaign["type"] == "regular"
     assert campaign["settings"] == {
@@ -455,9 +456,8 @@ def test_the_daemon_sends_a_mailchimp_step_and_falls_back_to_smtp(
 
     asyncio.run(run())
     [campaign] = fake.campaigns.values()
-    assert fake.segments[campaign["recipients"]["segment_opts"]["saved_segment_id"]]["emails"] == [  # type: ignore[index]
-        "d1@debtor.example"
-    ]
+    segment = campaign["recipients"]["segment_opts"]["saved_segment_id"]
+    assert fake.segments[segment]["emails"] == ["d1@debtor.example"]
     assert fake.launches == [(campaign["id"], "schedule")]
     copies = [m for m in servers.sink_messages() if "d2@debtor.example" in m.rcpt_tos]
     assert len(copies) == 1
@@ -465,3 +465,29 @@ def test_the_daemon_sends_a_mailchimp_step_and_falls_back_to_smtp(
     html, _text = sent_parts(copies[0].data)
     assert fake.members[md5("d2@debtor.example")].status == "pending"
     assert "F-2" in html
+
+
+def test_a_failing_read_back_waits_for_its_next_turn(
+    tmp_path: Path, fake: FakeMailchimp, clock: Clock
+) -> None:
+    app = make_app(tmp_path, fake)
+    office = Office(app, clock)
+    asyncio.run(office.tick())
+    campaign_id = str(only_campaign(fake)["id"])
+    clock.advance(minutes=20)
+    fake.deliver_scheduled()
+    fake.open(campaign_id, "d1@debtor.example")
+    fake.fail("GET", r"/email-activity/", 503)
+    report = asyncio.run(office.tick())
+
+    assert report.errors == [
+        "mailchimp read-back 1: reports.get_email_activity_for_subscriber:"
+        " 503 Service Unavailable An error occurred."
+    ]
+    asked = len(fake.calls("GET", r"/email-activity/"))
+    clock.advance(minutes=1)
+    asyncio.run(office.tick())  # not yet: the next look is poll_minutes on
+    assert len(fake.calls("GET", r"/email-activity/")) == asked
+    clock.advance(minutes=30)
+    asyncio.run(office.tick())
+    assert [e["data"]["source"] for e in office.events("engagement")] == ["mailchimp_open"]

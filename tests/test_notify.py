@@ -17,7 +17,9 @@ from mailer.health import read_status, status_path
 from mailer.localservers import LocalMailServers
 from mailer.notify import Notifier, watchdog_interval
 
-SUMMARY = re.compile(r"^(\d+) cases active, queue (\d+), mailboxes (\d)/2 connected, \d+ to review$")
+SUMMARY = re.compile(
+    r"^(\d+) cases active, queue (\d+), mailboxes (\d)/2 connected, \d+ to review$"
+)
 
 
 def test_watchdog_interval_is_half_of_watchdog_usec_and_ours_only() -> None:
@@ -57,9 +59,11 @@ def test_the_daemon_reports_to_systemd(tmp_path: Path, servers: LocalMailServers
     # A long snooze between ticks: keep-alives must go on through it.
     set_daemon(config, interval_seconds=30, reconcile_grace_seconds=0)
     import_ledger(config, ledger("D1", "D2", "D3"))
-    notify = NotifySocket(tmp_path / "notify")
     log = tmp_path / "run.log"
-    with mailer_run(config, log, notify=notify.path, watchdog_usec=200_000) as child:
+    with (
+        NotifySocket(tmp_path / "notify") as notify,
+        mailer_run(config, log, notify=notify.path, watchdog_usec=200_000) as child,
+    ):
         (ready,) = notify.until(lambda m: True, child)
         assert ready["READY"] == "1"
         assert SUMMARY.match(ready["STATUS"]), ready
@@ -80,7 +84,6 @@ def test_the_daemon_reports_to_systemd(tmp_path: Path, servers: LocalMailServers
         stopping = notify.until(lambda m: "STOPPING" in m, child)[-1]
         assert stopping["STOPPING"] == "1"
         assert child.wait(120) == 0
-    notify.close()
     assert len([m for m in servers.sink_messages() if "@debtor.example" in str(m.rcpt_tos)]) == 3
     status = read_status(status_path(load_settings(config)))
     assert status is not None and status.state == "stopped" and status.ticks >= 1
@@ -130,18 +133,17 @@ def test_a_stuck_tick_stops_the_keepalives(tmp_path: Path) -> None:
     blackhole.listen(8)
     config = _stuck_config(tmp_path, blackhole.getsockname()[1])
     import_ledger(config, ledger("D1"))
-    notify = NotifySocket(tmp_path / "notify")
     log = tmp_path / "run.log"
-    try:
-        with mailer_run(config, log, notify=notify.path, watchdog_usec=200_000) as child:
-            notify.until(lambda m: "READY" in m, child)
-            before = notify.until(lambda m: "stuck" in m.get("STATUS", ""), child)
-            assert any(m.get("WATCHDOG") == "1" for m in before)  # alive until it got stuck
-            # Then silence: 30 keep-alive intervals without one, so systemd would restart it.
-            after = notify.read(3.0)
-            assert not any("WATCHDOG" in m for m in after), after
-    finally:
-        notify.close()
-        blackhole.close()
+    with (
+        blackhole,
+        NotifySocket(tmp_path / "notify") as notify,
+        mailer_run(config, log, notify=notify.path, watchdog_usec=200_000) as child,
+    ):
+        notify.until(lambda m: "READY" in m, child)
+        before = notify.until(lambda m: "stuck" in m.get("STATUS", ""), child)
+        assert any(m.get("WATCHDOG") == "1" for m in before)  # alive until it got stuck
+        # Then silence: 30 keep-alive intervals without one, so systemd would restart it.
+        after = notify.read(3.0)
+        assert not any("WATCHDOG" in m for m in after), after
     text = log.read_text(encoding="utf-8")
     assert "no progress" in text and "systemd restarts mailer" in text

@@ -48,9 +48,11 @@ def test_reload_keeps_the_old_rules_when_the_new_ones_fail_the_check(
         encoding="utf-8",
     )
     status_file = status_path(load_settings(config))
-    notify = NotifySocket(tmp_path / "notify")
     log = tmp_path / "run.log"
-    with mailer_run(config, log, notify=notify.path) as child:
+    with (
+        NotifySocket(tmp_path / "notify") as notify,
+        mailer_run(config, log, notify=notify.path) as child,
+    ):
         notify.until(lambda m: m.get("READY") == "1", child)
 
         # A staff member breaks a template, and reloads.
@@ -74,4 +76,3 @@ def test_reload_keeps_the_old_rules_when_the_new_ones_fail_the_check(
         import_ledger(config, ledger("D2"), "second.csv")
         wait_for(lambda: _subject(servers, "d2@debtor.example") is not None, "the second reminder")
         assert str(_subject(servers, "d2@debtor.example")).startswith("Version-C ")
-    notify.close()

@@ -289,6 +289,12 @@ def profile_problems(campaign: Campaign, profile: ComplianceProfile) -> list[str
     return src.problems
 
 
+_CHANNEL_HINTS = {
+    Channel.MAILCHIMP: ": add a [mailchimp] section to the configuration",
+    Channel.MANDRILL: ": sending through Mailchimp Transactional is not available yet",
+}
+
+
 def channel_problems(campaigns: Mapping[str, Campaign], configured: Collection[Channel]) -> list[str]:
     """Steps whose channel is not configured (e.g. "mailchimp" without [mailchimp]), file:line."""
     problems: list[str] = []
@@ -297,9 +303,10 @@ def channel_problems(campaigns: Mapping[str, Campaign], configured: Collection[C
         for step in campaign.steps:
             if step.channel is not Channel.SMTP and step.channel not in configured:
                 line = step_line(path, step.index)
+                hint = _CHANNEL_HINTS.get(step.channel, "")
                 problems.append(
                     f"{path}:{line}: step {step.name!r} uses channel {step.channel.value!r},"
-                    f" but the configuration has no [{step.channel.value}] section"
+                    f" which is not configured{hint}"
                 )
     return problems
 

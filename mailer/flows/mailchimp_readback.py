@@ -75,7 +75,9 @@ class MailchimpFlow:
                                 (CHANNEL,)):  # fmt: skip
             await self._each(report, f"refusal {row.message}", self._settle_refusal(row, now))
         for row in sends.due_polls(store, CHANNEL, now):
-            await self._each(report, f"read-back {row.message}", self._poll(row, now))
+            if not await self._each(report, f"read-back {row.message}", self._poll(row, now)):
+                # Mailchimp down or the answer odd: look again later, not at every tick.
+                sends.update(store, row.message, now, next_poll_at=now + self._every)
 
     async def _each(self, report: TickReport, what: str, work: Coroutine[Any, Any, None]) -> bool:
         try:
