@@ -59,7 +59,7 @@ BLOCKING_KEYS = {
 }  # fmt: skip
 INBOUND_KEYS = {
     "folders", "lookback_days", "promise_grace_days", "soft_bounce_limit", "soft_retry_hours",
-    "idle_seconds", "poll_seconds",
+    "idle_seconds", "poll_seconds", "move_bounces_to",
 }  # fmt: skip
 EVIDENCE_KEYS = {
     "tsa_url", "tsa_ca_file", "tsa_certs_file", "timestamp_interval_hours", "tsa_timeout_seconds",
@@ -88,6 +88,9 @@ class InboundSettings:
     soft_retry_hours: float = 24.0  # a soft bounce sends the same reminder again after this
     idle_seconds: float = 25 * 60.0  # IDLE is re-issued before the server's 29-minute limit
     poll_seconds: float = 60.0  # without IDLE, look this often
+    # Opt-in: handled bounce reports about our messages are moved to this folder (created if
+    # missing), out of the person's way. None: nothing is ever moved.
+    move_bounces_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +467,16 @@ def _inbound(src: TomlSource, table: dict[str, Any]) -> InboundSettings:
             src.problem(f"{key} must be a number > 0", "inbound", key)
         else:
             values[key] = float(value)
+    target = table.get("move_bounces_to")
+    if target is not None:
+        if not isinstance(target, str) or not target.strip():
+            src.problem("move_bounces_to must be a folder name", "inbound", "move_bounces_to")
+        elif target in values.get("folders", ()):
+            src.problem(
+                "move_bounces_to must not be a watched folder", "inbound", "move_bounces_to"
+            )
+        else:
+            values["move_bounces_to"] = target
     if values.get("idle_seconds", 0) > 29 * 60:
         src.problem("idle_seconds must stay under 29 minutes (RFC 2177)", "inbound", "idle_seconds")
     return InboundSettings(**values)

@@ -18,15 +18,18 @@ milliseconds). Nothing here sleeps for timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import email
 import email.policy
 import email.utils
 import json
 import os
+import shutil
 import sqlite3
+import tempfile
 import zipfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
@@ -36,7 +39,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from click.testing import CliRunner
-from mailenv import ACCOUNTS, BILLING, MailEnv
+from mailenv import ACCOUNTS, BILLING, DEFAULT_USERS, MailEnv, start, stop
 
 from mailer.cli import main
 from mailer.config import load_settings
@@ -48,6 +51,7 @@ from mailer.mailbox.watcher import Watcher
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD_ENV = "MAILER_E2E_PASSWORD"
+START_VAR = "MAILER_E2E_START"
 MADRID = ZoneInfo("Europe/Madrid")  # the creditor's and every debtor's time zone here
 IDENTITIES = {"billing": BILLING, "accounts": ACCOUNTS}  # the failover pool, in order
 # The debtors' side: one mailbox (or two) per scenario, so scenarios sharing the world never
@@ -71,14 +75,39 @@ T = TypeVar("T")
 
 
 def start_moment(today: date) -> datetime:
-    """The simulated clock's start: 06:00 UTC on the first Monday after ``today``.
+    """The simulated clock's start: 06:00 UTC on the first Monday after ``today`` (the real
+    date), or after $MAILER_E2E_START (a later date, to replay a run across other holidays).
 
     Tied to the real date because the servers write real dates: a Sieve vacation reply is
     dated by Dovecot, and the classifier reads "back on ..." against the Date it was written
     on, so the simulated days must not lie before the servers' own.
     """
+    wanted = os.environ.get(START_VAR)
+    if wanted:
+        today = max(today, date.fromisoformat(wanted))
     monday = today + timedelta(days=7 - today.weekday())
     return datetime(monday.year, monday.month, monday.day, 6, 0, tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def open_world(users: Iterable[str] = MAILBOXES) -> Iterator[World]:
+    """A fresh mail environment with the debtors' ``users`` and a world on it (for a module
+    fixture: the servers start in about a second). MAILENV_KEEP=1 keeps the servers' mail
+    and logs and the world's directory (database, exports) for a person to read."""
+    env = start(users=(*DEFAULT_USERS, *users))
+    workdir = Path(tempfile.mkdtemp(prefix="mailer-e2e."))
+    world = None
+    try:
+        world = World(env, workdir, start_moment(datetime.now(UTC).date()))
+        yield world
+    finally:
+        if world is not None:
+            world.close()
+        stop(env)
+        if os.environ.get("MAILENV_KEEP") == "1":
+            print(f"kept: {env.dir} (servers), {workdir} (mailer)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_config(workdir: Path, env: MailEnv) -> Path:

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
 
 import pytest
 from babel.dates import format_date
-from e2e_harness import MADRID, MAILBOXES, World, header_message_id, start_moment, wait_for
-from mailenv import ACCOUNTS, BILLING, DEFAULT_USERS, UNKNOWN_DEBTOR, start, stop
+from e2e_harness import MADRID, World, header_message_id, open_world, wait_for
+from mailenv import ACCOUNTS, BILLING, UNKNOWN_DEBTOR
 from mailenv.fixtures import require_mailenv
 
 BLOCK = "550 5.7.1 Sender blocked by recipient"
@@ -31,19 +27,8 @@ BLOCK = "550 5.7.1 Sender blocked by recipient"
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     require_mailenv()
-    env = start(users=(*DEFAULT_USERS, *MAILBOXES))
-    workdir = Path(tempfile.mkdtemp(prefix="mailer-e2e."))
-    built = None
-    try:
-        # the real date: see start_moment
-        built = World(env, workdir, start_moment(datetime.now(UTC).date()))
-        yield built
-    finally:
-        if built is not None:
-            built.close()
-        stop(env)  # MAILENV_KEEP=1 keeps the servers' logs and mail
-        if os.environ.get("MAILENV_KEEP") != "1":
-            shutil.rmtree(workdir, ignore_errors=True)
+    with open_world() as opened:
+        yield opened
 
 
 def test_1_a_debtor_who_forgot_pays_after_the_second_reminder(world: World) -> None:
@@ -76,7 +61,7 @@ def test_2_a_promise_to_pay_on_the_15th_pauses_the_case_until_then_and_it_resume
     world.advance_until(lambda: 1 <= world.local().day <= 7, days=31, what="early in a month")
     debtor = world.add_debtor("promise", ("promise@debtor.test",))
     address = debtor.addresses[0]
-    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=5, what="first reminder")
+    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=7, what="first reminder")
     world.reply(address, "Buenos días. Pagaré el día 15, disculpen el retraso.\nUn saludo, Ana")
     promised = _next_day_of_month(world.local().date(), 15)
     world.tick()
@@ -101,7 +86,7 @@ def test_3_an_address_that_does_not_exist_bounces_and_the_second_address_is_used
 ) -> None:
     debtor = world.add_debtor("second", (UNKNOWN_DEBTOR, "second@debtor.test"))
     second = debtor.addresses[1]
-    world.advance_until(lambda: len(world.mailbox(second)) == 1, days=5, what="the resend")
+    world.advance_until(lambda: len(world.mailbox(second)) == 1, days=7, what="the resend")
     bounced, resent = world.sent(debtor)
     assert json.loads(bounced["recipients"]) == [UNKNOWN_DEBTOR]
     assert json.loads(resent["recipients"]) == [second]
@@ -125,7 +110,7 @@ def test_4_a_server_that_refuses_identity_a_gets_the_step_from_identity_b(world:
     debtor = world.add_debtor("refuses", ("refuses@debtor.test",))
     address = debtor.addresses[0]
     world.env.set_sender_blocks({BILLING: BLOCK}, recipients=[address])  # Postfix, at RCPT
-    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=5, what="a step arrives")
+    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=7, what="a step arrives")
     refused, resent = world.outbox(debtor)
     assert (refused["identity"], refused["state"]) == ("billing", "failed")
     assert "550" in refused["last_error"] and "5.7.1" in refused["last_error"]
@@ -148,7 +133,7 @@ def test_5_a_mailbox_that_discards_identity_a_gets_the_step_from_b_after_k_silen
 ) -> None:
     debtor = world.add_debtor("discards", ("discards@debtor.test",))
     address = debtor.addresses[0]
-    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=5, what="first reminder")
+    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=7, what="first reminder")
     world.reply(address, "Recibido, lo revisamos esta semana y les decimos algo.")
     world.tick()
     case_id = world.case(debtor)["id"]
@@ -171,7 +156,7 @@ def test_5_a_mailbox_that_discards_identity_a_gets_the_step_from_b_after_k_silen
     (step,) = from_b()
     if step["state"] == "awaiting_approval":  # the final notice: a person lets it go
         world.cli("approve", str(step["id"]))
-    world.advance_until(lambda: len(world.mailbox(address)) == 2, days=5, what="B's step")
+    world.advance_until(lambda: len(world.mailbox(address)) == 2, days=7, what="B's step")
     assert world.senders(address) == [BILLING, ACCOUNTS]
 
 
@@ -206,7 +191,7 @@ def test_7_a_debtor_on_holiday_gets_the_next_step_after_the_return_date(world: W
         f'  "Estoy de vacaciones hasta el {spelled}, sin acceso al correo.'
         ' Para asuntos urgentes, llamen a la oficina.";\n',
     )
-    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=5, what="first reminder")
+    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=7, what="first reminder")
     world.tick()  # reads the auto-reply Dovecot's Sieve sent
     (auto,) = world.inbound(debtor)
     assert auto["kind"] == "autoreply"
@@ -228,7 +213,7 @@ def test_8_the_imap_server_restarts_in_the_middle_of_idle_and_nothing_is_missed(
     debtor = world.add_debtor("idle", ("idle@debtor.test",))
     address = debtor.addresses[0]
     env = world.env
-    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=5, what="first reminder")
+    world.advance_until(lambda: len(world.mailbox(address)) == 1, days=7, what="first reminder")
     answers = [
         world.answer(address, text)
         for text in (

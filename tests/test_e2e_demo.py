@@ -19,7 +19,7 @@ def test_the_demo_escalation_runs_through_postfix_and_dovecot(tmp_path: Path) ->
     result = run_demo_real(
         tmp_path / "demo", days=14, console=Console(file=out, width=200), keep_mail=False
     )
-    assert result.chain_ok and result.sent > 30
+    assert result.chain_ok and result.sent > 20
     assert result.sent_copies == result.sent  # each filed once in its identity's Sent folder
     db = sqlite3.connect(result.database)
     # The bouncing address was refused by the debtors' server: Postfix's DSN, then the next one.

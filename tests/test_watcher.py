@@ -147,6 +147,55 @@ def test_a_hard_bounce_moves_to_the_second_address(app: App, servers: LocalMailS
     assert len(received) == 1 and b"To: boss@acme.example" in received[0].data
 
 
+def test_handled_bounces_move_to_a_folder_only_when_asked(
+    tmp_path: Path, servers: LocalMailServers
+) -> None:
+    config = write_config(tmp_path, servers, grace_seconds=0)
+    config.write_text(
+        config.read_text(encoding="utf-8") + '\n[inbound]\nmove_bounces_to = "mailer/bounces"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(config)
+    app = App.open(settings)
+    ledger = tmp_path / "invoices.csv"
+    ledger.write_text(HEADER + LEDGER, encoding="utf-8")
+    import_invoices(app.store, parse_invoices(ledger), START, "invoices.csv", settings.profiles)
+    inbox = servers.mailbox_path(BILLING)
+
+    async def scenario() -> None:
+        office = Office(app)
+        await office.until_sent("pay@acme.example")
+        await office.until_sent("admin@beta.example")
+        first = sent_to(app, "pay@acme.example")[0]
+        other = sent_to(app, "admin@beta.example")[0]
+        deliver(inbox, personal_mail(1, office.now))
+        deliver(inbox, delivery_report(outbox.raw(app.store, first), "pay@acme.example", "5.1.1",
+            "550 5.1.1 <pay@acme.example>: User unknown", office.now, "mx.acme.example"))  # fmt: skip
+        deliver(inbox, answer(app, other, "admin@beta.example", "Pagaré el día 15.", office.now))
+        report = await office.sync()
+        assert (report.stored, report.moved) == (2, 1)
+        await office.close()
+
+    try:
+        asyncio.run(scenario())
+        with ImapMailbox.for_identity(settings.identity("cobros"), PASSWORD) as box:
+            imap = box._imap
+            imap.select_folder("INBOX", readonly=True)
+            left = imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[]", "FLAGS"]).values()
+            # The person's mail, the debtor's reply and our receipt copies stay, unread; the
+            # bounce report went.
+            texts = [bytes(d[b"BODY[]"]) for d in left]
+            assert any(b"Subject: Lunch 1?" in t for t in texts)
+            assert any(b"Subject: Re: " in t for t in texts)
+            assert not any(b"Undelivered Message Headers" in t for t in texts)
+            assert all(b"\\Seen" not in d[b"FLAGS"] for d in left)
+            imap.select_folder("mailer/bounces", readonly=True)
+            (moved,) = imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[]"]).values()
+            assert b"Undelivered Message Headers" in moved[b"BODY[]"]
+    finally:
+        app.store.close()
+
+
 def test_uidvalidity_change_resyncs_without_acting_twice(tmp_path: Path) -> None:
     users = demo_users(PASSWORD)
     root = tmp_path / "servers"

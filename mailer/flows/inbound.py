@@ -65,6 +65,8 @@ class MailboxReader(Protocol):
 
     def fetch_messages(self, folder: str, uids: Sequence[int]) -> dict[int, bytes]: ...
 
+    def move_messages(self, folder: str, uids: Sequence[int], target: str) -> int: ...
+
 
 @dataclass
 class InboundReport:
@@ -73,6 +75,7 @@ class InboundReport:
     quarantined: int = 0
     duplicates: int = 0
     resync: int = 0  # folders whose UIDVALIDITY changed
+    moved: int = 0  # handled bounce reports moved out of the way (opt-in)
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: InboundReport) -> None:
@@ -81,6 +84,7 @@ class InboundReport:
         self.quarantined += other.quarantined
         self.duplicates += other.duplicates
         self.resync += other.resync
+        self.moved += other.moved
         self.errors.extend(other.errors)
 
 
@@ -198,6 +202,16 @@ class Inbound:
                 report.quarantined += 1
             elif outcome == "duplicate":
                 report.duplicates += 1
+        target = self.app.settings.inbound.move_bounces_to
+        if target:
+            # Opt-in tidying, after the chunk is committed: a crash before the move leaves the
+            # report where it was (and recognised by its hash if read again).
+            handled = store_inbound.handled_bounces(
+                self.app.store, identity, folder, validity, sorted(bodies)
+            )
+            if handled:
+                moved = await asyncio.to_thread(box.move_messages, folder, handled, target)
+                report.moved += moved
 
     def process_many(
         self,

@@ -320,6 +320,36 @@ class ImapMailbox:
             if data.get(key) is not None
         }
 
+    def move_messages(self, folder: str, uids: Sequence[int], target: str) -> int:
+        """Move ``uids`` from ``folder`` to ``target`` (created if missing); returns how many.
+
+        The one write mailer makes to a watched folder, and only when configured. UID MOVE
+        (RFC 6851) where the server has it, else UID COPY + \\Deleted + UID EXPUNGE (UIDPLUS,
+        RFC 4315), which expunges exactly these messages. A server with neither is left alone:
+        a plain EXPUNGE would also remove mail the person flagged \\Deleted.
+        """
+        if not uids:
+            return 0
+        with _mapped(f"MOVE from {folder}"):
+            imap = self._imap
+            if not imap.folder_exists(target):
+                imap.create_folder(target)
+            imap.select_folder(folder, readonly=False)
+            try:
+                if imap.has_capability("MOVE"):
+                    imap.move(list(uids), target)
+                elif imap.has_capability("UIDPLUS"):
+                    imap.copy(list(uids), target)
+                    imap.add_flags(list(uids), [b"\\Deleted"], silent=True)
+                    imap.uid_expunge(list(uids))
+                else:
+                    return 0
+            finally:
+                # Back to read-only. Not CLOSE: it would expunge what the person flagged
+                # \\Deleted; selecting again deselects without removing anything.
+                imap.select_folder(folder, readonly=True)
+        return len(uids)
+
     def supports_idle(self) -> bool:
         with _mapped("CAPABILITY"):
             return bool(self._imap.has_capability("IDLE"))

@@ -106,6 +106,25 @@ def case_facts(store: Store, case_id: int) -> CaseFacts | None:
     )
 
 
+def handled_bounces(
+    store: Store, identity: str, folder: str, validity: int, uids: Sequence[int]
+) -> list[int]:
+    """Which of these UIDs are bounce reports about our messages, stored and acted on."""
+    found: list[int] = []
+    for i in range(0, len(uids), 500):
+        chunk = list(uids[i : i + 500])
+        found.extend(
+            int(r[0])
+            for r in store.conn.execute(
+                "SELECT uid FROM inbound WHERE identity = ? AND folder = ? AND uidvalidity = ?"
+                " AND state = 'handled' AND kind = 'bounce' AND related_message IS NOT NULL"
+                f" AND uid IN ({', '.join('?' * len(chunk))})",
+                (identity, folder, validity, *chunk),
+            )
+        )
+    return sorted(found)
+
+
 def already_stored(store: Store, sha256: str, message_id: str | None) -> bool:
     """Seen before, by content or by Message-ID (the same mail fetched again, or delivered twice)."""
     row = store.conn.execute(
