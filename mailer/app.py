@@ -10,13 +10,14 @@ from typing import Any
 
 from mailer.config import Settings
 from mailer.domain.calendar import HolidayCalendar
-from mailer.domain.campaign import load_campaigns, profile_problems
+from mailer.domain.campaign import channel_problems, load_campaigns, profile_problems
 from mailer.domain.instalments import TEMPLATES, Instalment, split, steps_for, template_values
 from mailer.domain.models import (
     ZERO,
     Action,
     Campaign,
     Case,
+    Channel,
     ComplianceProfile,
     DebtorKind,
     HistoryEntry,
@@ -54,6 +55,9 @@ class Rules:
                 )
                 continue
             problems.extend(profile_problems(campaign, profile))
+        # A step on a channel with no settings would fail at every tick: refuse it here.
+        configured = {Channel.SMTP} | ({Channel.MAILCHIMP} if settings.mailchimp else set())
+        problems.extend(channel_problems(campaigns, configured))
         templates = TemplateSet(settings.templates_dir)
         cases = _representative(sample_cases(settings))
         problems.extend(

@@ -191,6 +191,13 @@ EVENTS: dict[str, dict[str, str]] = {
         "blocking_verdict": "Valoración de la entrega desde {identity} a {address}: {verdict} ({why}).",
         "identity_switched": "Se sigue escribiendo desde otra dirección propia del acreedor ({to}) en lugar de {from}: {why}.",
         "identity_problem": "La dirección remitente {identity} es rechazada por muchos dominios: {why}.",
+        "engagement": "{address} abre o pulsa un enlace del correo enviado por Mailchimp ({source}).",
+        "mailchimp_campaign_sent": "Mailchimp envía la campaña {campaign_id} ({emails_sent} destinatario).",
+        "mailchimp_schedule_unavailable": "El plan de Mailchimp no permite programar envíos: se envía en el momento.",
+        "mailchimp_bounce": "Mailchimp informa de un rebote ({type}) para {address}.",
+        "mailchimp_member": "Mailchimp indica que {address} pasa a «{status}».",
+        "mailchimp_abuse": "{address} denuncia el correo como spam en Mailchimp.",
+        "mailchimp_fallback": "Mailchimp no puede enviarlo; se envía el mismo correo por SMTP: {why}.",
     },
     "en": {
         "debtor_added": "Debtor “{name}” added to the client records.",
@@ -234,6 +241,13 @@ EVENTS: dict[str, dict[str, str]] = {
         "blocking_verdict": "Delivery from {identity} to {address} assessed: {verdict} ({why}).",
         "identity_switched": "Emails continue from another of the creditor's own addresses ({to}) instead of {from}: {why}.",
         "identity_problem": "The sending address {identity} is refused by many domains: {why}.",
+        "engagement": "{address} opens the email sent through Mailchimp or clicks a link in it ({source}).",
+        "mailchimp_campaign_sent": "Mailchimp sends campaign {campaign_id} ({emails_sent} recipient).",
+        "mailchimp_schedule_unavailable": "The Mailchimp plan cannot schedule sends: sent at once.",
+        "mailchimp_bounce": "Mailchimp reports a bounce ({type}) for {address}.",
+        "mailchimp_member": "Mailchimp reports that {address} is now “{status}”.",
+        "mailchimp_abuse": "{address} reports the email as spam in Mailchimp.",
+        "mailchimp_fallback": "Mailchimp cannot send it; the same email goes by SMTP: {why}.",
     },
 }
 
@@ -280,7 +294,7 @@ VERDICT: dict[str, dict[str, str]] = {
 QUIET = frozenset(
     {
         "send_attempt", "held_for_window", "case_unchanged", "ledger_import", "message_queued",
-        "sent_copy_filed",
+        "sent_copy_filed", "mailchimp_api",
     }
 )  # fmt: skip
 COPY_FILED = {

@@ -50,8 +50,9 @@ def case_signals(store: Store, case_id: int) -> list[Signal]:
         (case_id,),
     ).fetchall()
     sent = store.conn.execute(
-        "SELECT sent_at, identity, recipients, message_id FROM messages"
-        " WHERE case_id = ? AND state = 'sent' AND sent_at IS NOT NULL ORDER BY sent_at, id",
+        # SMTP only: a Mailchimp campaign is not mail from the identity's own server.
+        "SELECT sent_at, identity, recipients, message_id FROM messages WHERE case_id = ?"
+        " AND state = 'sent' AND channel = 'smtp' AND sent_at IS NOT NULL ORDER BY sent_at, id",
         (case_id,),
     ).fetchall()
     return sorted(_recorded(recorded) + _accepted(sent), key=lambda s: s.at)
@@ -66,7 +67,7 @@ def identity_signals(store: Store, identity: str, since: datetime) -> list[Signa
     ).fetchall()
     accepted = store.conn.execute(
         "SELECT max(m.sent_at), lower(j.value) FROM messages m, json_each(m.recipients) j"
-        " WHERE m.identity = ? AND m.state = 'sent' AND m.sent_at >= ?"
+        " WHERE m.identity = ? AND m.state = 'sent' AND m.channel = 'smtp' AND m.sent_at >= ?"
         " GROUP BY lower(substr(j.value, instr(j.value, '@') + 1))",
         (identity, iso(since)),
     ).fetchall()
