@@ -57,6 +57,7 @@ class Rules:
             problems.extend(profile_problems(campaign, profile))
         # A step on a channel with no settings would fail at every tick: refuse it here.
         configured = {Channel.SMTP} | ({Channel.MAILCHIMP} if settings.mailchimp else set())
+        configured |= {Channel.MANDRILL} if settings.mandrill else set()
         problems.extend(channel_problems(campaigns, configured))
         templates = TemplateSet(settings.templates_dir)
         cases = _representative(sample_cases(settings))

@@ -286,11 +286,13 @@ def classify(path: Path, as_json: bool) -> None:
 def demo(workdir: Path, days: int, step_minutes: int, real_servers: bool) -> None:
     """Run a whole escalation on local servers in simulated time: no setup, no network."""
     if real_servers:
-        from mailer.demo_real import run_demo_real as run_demo
+        from mailer.demo_real import run_demo_real
+
+        result = run_demo_real(workdir, days=days, step_minutes=step_minutes, console=console)
     else:
         from mailer.demo import run_demo
 
-    result = run_demo(workdir, days=days, step_minutes=step_minutes, console=console)
+        result = run_demo(workdir, days=days, step_minutes=step_minutes, console=console)
     if not result.chain_ok or result.sent == 0:
         raise MailerError("the demo did not complete as expected")
 

@@ -44,12 +44,16 @@ STORAGE_KEYS = {"database", "evidence_dir"}
 PATH_KEYS = {"campaigns", "templates"}
 TOP_KEYS = {
     "creditor", "identities", "storage", "paths", "profiles", "daemon", "inbound", "evidence",
-    "web", "blocking", "metrics", "mailchimp",
+    "web", "blocking", "metrics", "mailchimp", "mandrill",
 }  # fmt: skip
 MAILCHIMP_KEYS = {
     "api_key_env", "api_key_file", "audience_id", "server", "base_url", "from_name", "reply_to",
     "new_member_status", "schedule", "concurrency", "timeout_seconds", "poll_minutes",
     "poll_days", "tags",
+}  # fmt: skip
+MANDRILL_KEYS = {
+    "api_key_env", "api_key_file", "base_url", "from_name", "timeout_seconds", "poll_minutes",
+    "poll_days",
 }  # fmt: skip
 METRICS_KEYS = {"listen", "allow_remote"}
 CREDENTIALS = "${CREDENTIALS_DIRECTORY}"  # in password_file: systemd's credentials directory
@@ -151,6 +155,19 @@ class MailchimpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MandrillSettings:
+    """[mandrill]: steps with channel = "mandrill" go out through Mailchimp Transactional."""
+
+    api_key_env: str | None = None  # the API key: from this environment variable,
+    api_key_file: str | None = None  # or this file; never the TOML, never logged
+    base_url: str | None = None  # only for tests: a local stand-in for the API
+    from_name: str | None = None  # default: the identity's name and the creditor's legal name
+    timeout_seconds: float = 30.0
+    poll_minutes: float = 60.0  # ask each message's state (messages/info) this often...
+    poll_days: int = 30  # ...for this many days after it went out
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     source: Path
     creditor: Creditor
@@ -170,6 +187,7 @@ class Settings:
     blocking: BlockingRules = field(default_factory=BlockingRules)
     metrics: MetricsSettings | None = None  # no [metrics] table: no metrics page
     mailchimp: MailchimpSettings | None = None  # no [mailchimp] table: no Mailchimp channel
+    mandrill: MandrillSettings | None = None  # no [mandrill] table: no Mailchimp Transactional
     # A tick that reaches no new step (a message, a phase) for this long is stuck: the
     # systemd watchdog keep-alives stop, and systemd restarts mailer.
     stall_seconds: float = 600.0
@@ -207,6 +225,11 @@ def read_secret(identity: Identity) -> str:
 def read_mailchimp_key(settings: MailchimpSettings) -> str:
     """The Mailchimp API key, from its environment variable or file. Never logged."""
     return _secret("[mailchimp]", settings.api_key_env, settings.api_key_file)
+
+
+def read_mandrill_key(settings: MandrillSettings) -> str:
+    """The Mailchimp Transactional API key, from its environment variable or file. Never logged."""
+    return _secret("[mandrill]", settings.api_key_env, settings.api_key_file)
 
 
 def read_web_secret(web: WebSettings) -> str:
@@ -265,11 +288,16 @@ def load_settings(path: Path) -> Settings:
     evidence = _evidence(src, _table(src, data, "evidence", EVIDENCE_KEYS), base, country)
     web = _web(src, _table(src, data, "web", WEB_KEYS)) if "web" in data else None
     blocking = _blocking(src, _table(src, data, "blocking", BLOCKING_KEYS), identities)
-    metrics = _metrics(src, _table(src, data, "metrics", METRICS_KEYS)) if "metrics" in data else None
+    metrics = (
+        _metrics(src, _table(src, data, "metrics", METRICS_KEYS)) if "metrics" in data else None
+    )
     mailchimp = (
         _mailchimp(src, _table(src, data, "mailchimp", MAILCHIMP_KEYS))
         if "mailchimp" in data
         else None
+    )
+    mandrill = (
+        _mandrill(src, _table(src, data, "mandrill", MANDRILL_KEYS)) if "mandrill" in data else None
     )
     stall = daemon.get("stall_seconds", 600.0)
     if isinstance(stall, bool) or not isinstance(stall, int | float) or stall <= 0:
@@ -295,6 +323,7 @@ def load_settings(path: Path) -> Settings:
         blocking=blocking,
         metrics=metrics,
         mailchimp=mailchimp,
+        mandrill=mandrill,
         stall_seconds=float(stall),
     )
 
@@ -740,3 +769,27 @@ def _mailchimp(src: TomlSource, table: dict[str, Any]) -> MailchimpSettings:
         values["tags"] = tuple(tags)
     values["audience_id"] = values["audience_id"] or ""
     return MailchimpSettings(**values)
+
+
+def _mandrill(src: TomlSource, table: dict[str, Any]) -> MandrillSettings:
+    where = "mandrill"
+    default = MandrillSettings()
+    if "api_key" in table:
+        src.problem("API keys never go in the file: use api_key_env or api_key_file", where)
+    values: dict[str, Any] = {
+        key: _str(src, table, where, key, False)
+        for key in ("api_key_env", "api_key_file", "base_url", "from_name")
+    }
+    if not (values["api_key_env"] or values["api_key_file"]):
+        src.problem("[mandrill] needs api_key_env or api_key_file", where)
+    url = values["base_url"]
+    if url is not None and not url.lower().startswith(("http://", "https://")):
+        src.problem("base_url must be an http:// or https:// address", where, "base_url")
+    values["poll_days"] = _int(src, table, where, "poll_days", default.poll_days)
+    for key in ("timeout_seconds", "poll_minutes"):
+        value = table.get(key, getattr(default, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            src.problem(f"{key} must be a number > 0", where, key)
+        else:
+            values[key] = float(value)
+    return MandrillSettings(**values)

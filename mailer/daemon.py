@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from mailer.app import App
 from mailer.config import Settings, read_secret
@@ -19,7 +19,8 @@ from mailer.errors import MailerError
 from mailer.evidence import tsa
 from mailer.flows.inbound import Inbound
 from mailer.flows.instalments import Instalments
-from mailer.flows.mailchimp_readback import MailchimpFlow, build_channels
+from mailer.flows.mailchimp_readback import build_channels
+from mailer.flows.mandrill import build_mandrill
 from mailer.flows.outbound import MailboxPort, Outbound, TickReport
 from mailer.mailbox.imap import ImapMailbox
 from mailer.mailbox.watcher import Watcher
@@ -30,6 +31,12 @@ from mailer.web import WebServer, build_web
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+
+class ChannelFlow(Protocol):
+    """A channel's own pass (Mailchimp, Mandrill): crash leftovers, refusals, read-back."""
+
+    async def tick(self, now: datetime, report: TickReport) -> None: ...
 
 
 def system_clock() -> datetime:
@@ -94,7 +101,7 @@ class Daemon:
     _watching: list[asyncio.Task[None]] = field(default_factory=list)
     web: WebServer | None = None  # the review page, when [web] is configured
     service: Service = field(default_factory=Service)  # sd_notify, status file, metrics
-    channel_flows: list[MailchimpFlow] = field(default_factory=list)  # read-back per channel
+    channel_flows: list[ChannelFlow] = field(default_factory=list)  # read-back per channel
     _reload: bool = False
     _waiter: asyncio.Future[Any] | None = None  # waits on _wake across several waits
 
@@ -157,7 +164,7 @@ class Daemon:
                 report.errors.append(f"instalments: {exc}")
         for flow in self.channel_flows:
             if not self._step():
-                try:  # crash leftovers, refusals and reports of the Mailchimp channel
+                try:  # crash leftovers, refusals and read-back of the Mailchimp channels
                     await flow.tick(now, report)
                 except Exception as exc:
                     log.exception("channel pass failed")
@@ -179,10 +186,10 @@ class Daemon:
         """Loop until stopped; the tick in progress gets ``shutdown_timeout`` to finish."""
         if self.web is not None:
             self.web.start()  # first: a port already taken stops the start, nothing half-run
+        await self.service.start(self)  # before the watchers: a port taken stops the start
         self._watching = [
             asyncio.ensure_future(w.run(lambda: self.stopping)) for w in self.watchers
         ]
-        await self.service.start(self)
         while not self.stopping:
             if self._reload:
                 self._reload = False
@@ -253,6 +260,8 @@ class Daemon:
 def make_daemon(settings: Settings, clock: Clock = system_clock) -> Daemon:
     app = App(settings, Store.open(settings.database), load_rules(settings))
     channels, channel_flows = build_channels(app, clock)
+    mandrill, mandrill_flows = build_mandrill(app, clock)
+    channels |= mandrill
     outbound = Outbound(app, build_transports(settings), open_mailbox, channels=channels)
     return Daemon(
         app,
@@ -263,5 +272,5 @@ def make_daemon(settings: Settings, clock: Clock = system_clock) -> Daemon:
         watchers=build_watchers(app, clock),
         web=build_web(settings, clock),
         service=Service.for_settings(settings),
-        channel_flows=channel_flows,
+        channel_flows=[*channel_flows, *mandrill_flows],
     )

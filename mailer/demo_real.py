@@ -6,7 +6,8 @@ end-to-end tests use: mailer submits through Postfix (AUTH, STARTTLS verified ag
 environment's CA), Postfix relays each reminder to the debtors' servers (an SMTP server on
 loopback standing in for every other domain) and files receipt copies, DSNs and answers in
 Dovecot, where the watcher reads them over IMAP. The debtors' answers travel through Postfix
-too, and the unknown address is refused by the debtors' server, so the bounce is Postfix's own.
+too, and the debtors' server refuses the unknown address and the blocked identity after
+Postfix relayed the message, so those bounces are Postfix's own DSNs.
 
 That environment is a test fixture, not part of the installed package: it lives in the source
 tree (tests/mailenv), needs root, Postfix and Dovecot (scripts/install-mailservers.sh), and is
@@ -160,9 +161,6 @@ def run_demo_real(
     domain = next(iter(users)).partition("@")[2]
     env = harness.start(users=(*users, f"postmaster@{domain}"), password=password)
     try:
-        # The bouncing debtor's server refuses the address: Postfix writes the DSN itself.
-        bouncing = [s.address for s in SCRIPTS if s.does == "bounce"]
-        env.set_remote_rules({"unknown_recipients": bouncing})
         servers = MailEnvServers(
             smtp_host=env.host, smtp_port=env.submission_port, imap_host=env.host,
             imap_port=env.imap_port, maildir_root=env.dir / "mail", users=users, root=workdir,
@@ -176,6 +174,17 @@ def run_demo_real(
         )
         settings = load_settings(write_config(workdir, servers, ca_file=env.ca_file))
         debtors = ServerDebtors(servers, scripts=[s for s in SCRIPTS if s.does != "bounce"])
+        # The debtors' servers refuse what the scripts say, and Postfix writes the DSNs: one
+        # refuses an address it does not know, one refuses an identity (its sender blocks).
+        blocks: dict[str, dict[str, str]] = {}
+        for (sender, where), reply in servers.sender_blocks.items():
+            blocks.setdefault(where, {})[sender] = reply
+        env.set_remote_rules(
+            {
+                "unknown_recipients": [s.address for s in SCRIPTS if s.does == "bounce"],
+                "recipient_sender_blocks": blocks,
+            }
+        )
         sent, chain_ok = escalate(settings, debtors, days, step_minutes, console)
         servers.settle()
         accepted = len(servers.sink_messages())

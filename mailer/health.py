@@ -200,6 +200,14 @@ def open_readonly(database: Path) -> Store:
     """
     if not database.is_file():
         raise MailerError(f"no database at {database} (has `mailer run` or an import run yet?)")
+    owner = database.stat().st_uid
+    if owner != os.geteuid() and not database.with_name(f"{database.name}-shm").exists():
+        # Reading a WAL database creates its -wal and -shm files when nobody has it open;
+        # made by another user (root), they would keep the service from opening it.
+        raise MailerError(
+            f"{database} belongs to another user and nothing has it open: run this as its"
+            f" owner (uid {owner}; e.g. sudo -u mailer mailer …)"
+        )
     conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     conn.execute("PRAGMA busy_timeout=30000")
     return Store(sqlite_utils.Database(conn))

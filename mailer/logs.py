@@ -73,5 +73,6 @@ def setup_logging(fmt: str = "human", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    chatty_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
     for chatty in _CHATTY:
-        logging.getLogger(chatty).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+        logging.getLogger(chatty).setLevel(chatty_level)

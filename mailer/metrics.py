@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 
+from mailer.errors import MailerError
 from mailer.health import Snapshot
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,10 @@ class MetricsServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            raise MailerError(f"metrics: cannot listen on {self.address}: {exc.strerror}") from exc
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics on http://%s/metrics", self.address)
 

@@ -69,7 +69,9 @@ class Notifier:
             self._sock = None
 
 
-def watchdog_interval(environ: Mapping[str, str] = os.environ, pid: int | None = None) -> float | None:
+def watchdog_interval(
+    environ: Mapping[str, str] = os.environ, pid: int | None = None
+) -> float | None:
     """Seconds between keep-alives (half of $WATCHDOG_USEC), or None when no watchdog is set
     for this process (sd_watchdog_enabled: WATCHDOG_PID, when given, must be our pid)."""
     usec = environ.get("WATCHDOG_USEC", "")

@@ -58,11 +58,13 @@ def load_rules(settings: Settings) -> Rules:
         env = templates.environment(lang)
         env.auto_reload = False
         root = templates.directory / lang
-        try:
-            for path in templates.files(lang):
+        for path in templates.files(lang):
+            try:
                 env.get_template(path.relative_to(root).as_posix())
-        except TemplateError as exc:  # a file the checks never rendered, broken
-            raise ConfigError([f"{templates.directory / lang}: {exc}"]) from exc
+            except TemplateError as exc:
+                # The checks rendered every template in use (and what they include), so this
+                # file is not one of them: say so, and go on.
+                log.warning("%s: not a usable template, and not used: %s", path, exc)
     return rules
 
 

@@ -5,14 +5,15 @@ mail environment of tests/mailenv: it submits through Postfix's submission port 
 verified against the environment's CA) and reads its mailboxes from Dovecot. Each scenario adds
 its own debtor with its own mailboxes, then moves the clock: every tick reads each identity's
 mailbox once (the daemon's watchers, ``one_pass``) and runs one ``Daemon.tick``, as
-``mailer demo`` does. Ledger imports and the evidence commands go through the ``mailer`` CLI.
+``mailer demo`` does. Ledger imports, staff decisions and the evidence commands go through
+the ``mailer`` CLI, at the simulated moment (``--now``).
 
-An hour passes between two ticks, so no SMTP connection is kept from one tick to the next
-(a server closes an idle one within minutes, and Postfix applies a changed sender-block table
-to new connections only). Real servers deliver after they accept: a tick that sent something waits until Postfix's queue
+Real servers deliver after they accept: a tick that sent something waits until Postfix's queue
 is empty, so the mailboxes, the DSNs and the Sieve auto-replies its sends caused are all there
 when the next tick reads (the simulated clock moves an hour per tick, the servers take
-milliseconds). Nothing here sleeps for timing.
+milliseconds). Nothing here sleeps for timing. And as an hour passes between two ticks, no
+SMTP connection is kept from one to the next: a server closes an idle one within minutes, and
+Postfix applies a changed sender-block table to new connections only.
 """
 
 from __future__ import annotations
@@ -181,9 +182,11 @@ class Debtor:
 class Evidence:
     """What an export (``mailer evidence export``) says happened to a case's mail."""
 
-    accepted: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # id, accepted by
-    bounced: set[tuple[str, str]] = field(default_factory=set)  # id, address a DSN reports failed
-    emails: dict[str, bytes] = field(default_factory=dict)  # id -> the exact bytes exported
+    # (Message-ID, the recipients the submission server accepted) of every send
+    accepted: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    # (Message-ID, address) that a DSN in the evidence reports as failed
+    bounced: set[tuple[str, str]] = field(default_factory=set)
+    emails: dict[str, bytes] = field(default_factory=dict)  # Message-ID -> the exported bytes
 
 
 def read_export(path: Path) -> Evidence:
@@ -212,7 +215,7 @@ def _read_event(body: dict[str, Any], found: Evidence) -> None:
 
 
 async def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    """Let other tasks run until ``condition()``; the limit only keeps a broken test from hanging."""
+    """Let other tasks run until ``condition()``; the limit only stops a broken test hanging."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while not condition():

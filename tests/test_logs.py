@@ -59,7 +59,9 @@ def secret_servers(tmp_path: Path) -> Iterator[LocalMailServers]:
         yield running
 
 
-def test_no_secret_is_logged_even_at_debug(tmp_path: Path, secret_servers: LocalMailServers) -> None:
+def test_no_secret_is_logged_even_at_debug(
+    tmp_path: Path, secret_servers: LocalMailServers
+) -> None:
     servers = secret_servers
     config = write_config(tmp_path, servers, grace_seconds=0)
     set_daemon(config, interval_seconds=1, reconcile_grace_seconds=0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 from mailer.domain.calendar import (
     ONE_DAY,
@@ -21,6 +23,7 @@ from mailer.domain.models import (
     Case,
     CaseStatus,
     ContactStatus,
+    DebtorKind,
     HistoryEntry,
     Idle,
     LookAgain,
@@ -46,6 +49,47 @@ _IDLE_STATUSES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class CaseFacts:
+    """All the planner reads of a case: one narrow row, where a Case holds every invoice.
+
+    ``mailer.store.cases.load_facts`` reads these with SQLite doing the sums; ``facts_of``
+    derives them from a loaded Case. Both give equal facts for the same stored case.
+    """
+
+    id: int
+    status: CaseStatus
+    paused_until: datetime | None  # aware UTC
+    anchor: date | None  # due date of the oldest unpaid invoice; None when nothing is owed
+    reachable: bool  # some address of the debtor may be mailed (status active)
+    kind: DebtorKind  # chooses the campaign (through the compliance profile)
+    country: str  # with region: the holiday calendar
+    region: str | None
+    timezone: str  # IANA: the sending window is the debtor's local time
+
+
+def facts_of(case: Case) -> CaseFacts:
+    """What ``plan`` needs of ``case``."""
+    debtor = case.debtor
+    # An invoice is unpaid while its payments sum to less than its amount; most have none.
+    dues = [
+        invoice.due_date
+        for invoice in case.invoices
+        if (invoice.amount > ZERO if not invoice.payments else not invoice.is_paid)
+    ]
+    return CaseFacts(
+        case.id,
+        case.status,
+        case.paused_until,
+        min(dues) if dues else None,
+        any(contact.status is _REACHABLE for contact in debtor.contacts),
+        debtor.kind,
+        debtor.country,
+        debtor.region,
+        debtor.timezone,
+    )
+
+
 def plan(
     case: Case,
     campaign: Campaign,
@@ -53,7 +97,18 @@ def plan(
     calendar: HolidayCalendar,
     now: datetime,
 ) -> Action:
-    """The next thing to do for ``case``: SendStep (due when ``at <= now``), LookAgain or Idle.
+    """The next thing to do for ``case``: ``plan_facts`` on what it reads of the case."""
+    return plan_facts(facts_of(case), campaign, history, calendar, now)
+
+
+def plan_facts(
+    facts: CaseFacts,
+    campaign: Campaign,
+    history: Sequence[HistoryEntry],
+    calendar: HolidayCalendar,
+    now: datetime,
+) -> Action:
+    """The next thing to do for a case: SendStep (due when ``at <= now``), LookAgain or Idle.
 
     ``campaign.policy`` must already be effective (clamped to the debtor's compliance profile)
     and its steps indexed 0..n-1 in order. ``history`` is every message of the case: taken
@@ -74,24 +129,20 @@ def plan(
     """
     if now.tzinfo is None:
         raise ValueError(f"naive now {now}: pass aware UTC")
-    idle_reason = _IDLE_STATUSES.get(case.status)
+    idle_reason = _IDLE_STATUSES.get(facts.status)
     if idle_reason is not None:
         return Idle(idle_reason)
-    if case.status is _PAUSED:
-        if case.paused_until is None:
+    if facts.status is _PAUSED:
+        paused_until = facts.paused_until
+        if paused_until is None:
             return Idle("paused until a person resumes it")
-        if case.paused_until > now:
-            return LookAgain(case.paused_until, "paused")
+        if paused_until > now:
+            return LookAgain(paused_until, "paused")
         # A pause that has run out plans as active; the caller flips the status.
-    # Case.open_invoices sums every invoice's payments; most have none, so look first.
-    dues = [
-        invoice.due_date
-        for invoice in case.invoices
-        if (invoice.amount > ZERO if not invoice.payments else not invoice.is_paid)
-    ]
-    if not dues:
+    anchor = facts.anchor
+    if anchor is None:
         return Idle("paid")
-    if not any(contact.status is _REACHABLE for contact in case.debtor.contacts):
+    if not facts.reachable:
         # Opt-outs and hard bounces end here: a refusal is honoured by never planning again.
         return Idle("no address may be mailed")
     policy = campaign.policy
@@ -99,44 +150,90 @@ def plan(
         return Idle("the policy allows no messages")
 
     taken = -1
-    times: list[datetime] = []
-    for entry in history:
-        # An instalment plan's reminders (from STEP_BASE) are not campaign steps: a case back
-        # from a plan goes on from the campaign's own last step.
-        if entry.state in STEP_TAKEN_STATES and taken < entry.step < STEP_BASE:
-            taken = entry.step
-        if entry.state is not _CANCELLED:
-            times.append(entry.at)
-
     earliest = now
-    if times:
-        times.sort()
-        earliest = max(earliest, times[-1] + ONE_DAY * policy.min_gap_days)
-        cap = policy.max_per_30_days
-        if len(times) >= cap:
-            # The new message comes after all of these; the cap-th latest must be 30 days old.
-            earliest = max(earliest, times[-cap] + CAP_PERIOD)
+    if history:
+        times: list[datetime] = []
+        for entry in history:
+            # An instalment plan's reminders (from STEP_BASE) are not campaign steps: a case
+            # back from a plan goes on from the campaign's own last step.
+            if entry.state in STEP_TAKEN_STATES and taken < entry.step < STEP_BASE:
+                taken = entry.step
+            if entry.state is not _CANCELLED:
+                times.append(entry.at)
+        if times:
+            times.sort()
+            earliest = max(earliest, times[-1] + ONE_DAY * policy.min_gap_days)
+            cap = policy.max_per_30_days
+            if len(times) >= cap:
+                # The new message comes after all of these; the cap-th latest must be 30 days
+                # old.
+                earliest = max(earliest, times[-cap] + CAP_PERIOD)
 
-    anchor = min(dues)
-    tz = case.debtor.timezone
+    tz = facts.timezone
     tzinfo = zone(tz)
     earliest_day = earliest.astimezone(tzinfo).date()
-    for step in campaign.steps:
+    for step, courtesy, step_day, opening, opening_day in _steps_from(
+        campaign, calendar, tz, tzinfo, anchor
+    ):
         if step.index <= taken:
             continue
-        courtesy = step.offset_days < 0
         if courtesy and earliest_day >= anchor:
             continue
-        step_day = calendar.add_business_days(anchor, step.offset_days)
-        start = earliest
-        if step_day >= earliest_day:
-            # Only then can the step's own time be later than ``earliest``: skip the conversion.
-            start = max(earliest, local_wall_to_utc(step_day, policy.window_start, tzinfo))
-        at = next_slot(start, tz, policy, calendar)
-        if courtesy and at.astimezone(tzinfo).date() >= anchor:
+        if step_day >= earliest_day and opening >= earliest:
+            # The step's own time is the start; whether it is a slot is known already.
+            if opening_day is not None:
+                at, at_day = opening, opening_day
+            else:
+                at = next_slot(opening, tz, policy, calendar)
+                at_day = at.astimezone(tzinfo).date()
+        else:
+            # Only a step day on or after ``earliest``'s can make its own time the later one.
+            at = next_slot(earliest, tz, policy, calendar)
+            at_day = at.astimezone(tzinfo).date() if courtesy else step_day
+        if courtesy and at_day >= anchor:
             continue
         return SendStep(step, at)
     return Idle("campaign finished")
+
+
+# Each step's day, window opening and whether that opening is a slot, for one campaign, place
+# and anchor due date: they do not depend on the case's history or ``now``, and a ledger's
+# cases share few anchors, places and campaigns. Keyed by the identity of the campaign and
+# calendar (hashing a campaign costs more than planning); each entry holds both, so neither
+# can be freed and its id reused while the entry lives. Cleared whole when full.
+_StepRow = tuple[Step, bool, date, datetime, date | None]
+_STEP_TABLES: dict[tuple[int, int, str, date], tuple[Campaign, HolidayCalendar, list[_StepRow]]]
+_STEP_TABLES = {}
+_STEP_TABLES_MAX = 1 << 14
+
+
+def _steps_from(
+    campaign: Campaign, calendar: HolidayCalendar, tz: str, tzinfo: ZoneInfo, anchor: date
+) -> list[_StepRow]:
+    """(step, courtesy, day, window opening that day, its local day if it is a slot) per step."""
+    key = (id(campaign), id(calendar), tz, anchor)
+    found = _STEP_TABLES.get(key)
+    if found is not None and found[0] is campaign and found[1] is calendar:
+        return found[2]
+    policy = campaign.policy
+    rows: list[_StepRow] = []
+    for step in campaign.steps:
+        day = calendar.add_business_days(anchor, step.offset_days)
+        opening = local_wall_to_utc(day, policy.window_start, tzinfo)
+        is_slot = next_slot(opening, tz, policy, calendar) == opening
+        rows.append(
+            (
+                step,
+                step.offset_days < 0,
+                day,
+                opening,
+                opening.astimezone(tzinfo).date() if is_slot else None,
+            )
+        )
+    if len(_STEP_TABLES) >= _STEP_TABLES_MAX:
+        _STEP_TABLES.clear()
+    _STEP_TABLES[key] = (campaign, calendar, rows)
+    return rows
 
 
 def simulate(
@@ -154,9 +251,10 @@ def simulate(
     known = list(history)
     sends: list[tuple[datetime, Step]] = []
     now = start.astimezone(UTC)
+    facts = facts_of(case)
     # Each send takes a step and a pause is waited out once, so this bound is never reached.
     for _ in range(len(campaign.steps) + 2):
-        action = plan(case, campaign, known, calendar, now)
+        action = plan_facts(facts, campaign, known, calendar, now)
         if isinstance(action, Idle) or action.at >= end:
             break
         if isinstance(action, SendStep):

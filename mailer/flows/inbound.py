@@ -46,7 +46,7 @@ from mailer.flows.staff import set_case_status
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
-from mailer.store.db import iso
+from mailer.store.db import Store, iso
 
 log = logging.getLogger(__name__)
 CHUNK = 200  # messages fetched per round trip; the checkpoint advances after each chunk
@@ -222,22 +222,49 @@ class Inbound:
         now: datetime,
     ) -> list[str]:
         """``process`` for a chunk of (uid, raw, readable), committed together: one fsync per
-        chunk, not per message. Each message runs in a savepoint, so one that fails is rolled
-        back alone and quarantined, and the rest of the chunk stands."""
-        outcomes = []
-        with self.app.store.transaction():
-            for uid, raw, readable in items:
-                try:
-                    with self.app.store.savepoint():
-                        outcome = self.process(
-                            identity, folder, validity, uid, raw, now, readable=readable
-                        )
-                except Exception as exc:  # one bad message never stops the pass
-                    log.exception("inbound message failed: %s/%s uid %s", identity, folder, uid)
-                    self._quarantine(identity, folder, validity, uid, raw, None, repr(exc), now)
-                    outcome = "quarantined"
-                outcomes.append(outcome)
-        return outcomes
+        chunk, not per message. One message that fails is rolled back alone and quarantined,
+        and the rest of the chunk stands.
+
+        The messages are classified before the write lock is taken (classifying is pure), and
+        what the chunk needs from the store is read once. The chunk is recorded in one savepoint;
+        only if a message fails is it rolled back and recorded again one message at a time,
+        each in a savepoint of its own, as every chunk was before: the same outcome for one
+        savepoint a chunk instead of one a message.
+        """
+        store = self.app.store
+        rules = self.rules
+        read = [(uid, raw, readable, *_read(raw, now)) for uid, raw, readable in items]
+        with store.transaction():
+            try:
+                with store.savepoint():
+                    known = _Known.load(store, read)
+                    done = [
+                        self._record(identity, folder, validity, uid, raw, digest, c, readable,
+                                     known, rules, now)
+                        for uid, raw, readable, digest, c in read
+                    ]  # fmt: skip
+            except Exception:
+                log.info("inbound chunk failed: recording %s/%s one by one", identity, folder)
+                done = []
+                known = _Known.load(store, read)
+                for uid, raw, readable, digest, c in read:
+                    try:
+                        with store.savepoint():
+                            done.append(
+                                self._record(identity, folder, validity, uid, raw, digest, c,
+                                             readable, known, rules, now)
+                            )  # fmt: skip
+                    except Exception as exc:  # one bad message never stops the pass
+                        log.exception("inbound message failed: %s/%s uid %s", identity, folder, uid)
+                        self._quarantine(identity, folder, validity, uid, raw, None, repr(exc), now)
+                        known.digests.add(digest)
+                        done.append(("quarantined", None, repr(exc)))
+        # Logged once the chunk stands: a chunk recorded again logs each message once.
+        for (uid, _raw, _readable, _digest, c), (outcome, case_id, why) in zip(
+            read, done, strict=True
+        ):
+            _log_outcome(identity, folder, uid, c, outcome, case_id, why)
+        return [outcome for outcome, _case, _why in done]
 
     # --- one message -----------------------------------------------------------------------
 
@@ -254,38 +281,59 @@ class Inbound:
     ) -> str:
         """Classify, match and act on one message: 'stored', 'duplicate', 'quarantined' or
         'unrelated' (a report about someone else's mail: dropped, not even logged)."""
+        digest, c = _read(raw, now)
+        known = _Known.load(self.app.store, [(uid, raw, readable, digest, c)])
+        outcome, case_id, why = self._record(
+            identity, folder, validity, uid, raw, digest, c, readable, known, self.rules, now
+        )
+        _log_outcome(identity, folder, uid, c, outcome, case_id, why)
+        return outcome
+
+    def _record(
+        self,
+        identity: str,
+        folder: str,
+        validity: int | None,
+        uid: int | None,
+        raw: bytes,
+        digest: str,
+        c: Classification,
+        readable: bool,
+        known: _Known,
+        rules: InboundRules,
+        now: datetime,
+    ) -> tuple[str, int | None, str]:
+        """Match and act on one classified message; (outcome, case id, why quarantined)."""
         store = self.app.store
-        digest = hashlib.sha256(raw).hexdigest()
-        c = classify(raw, today=now.date())
         message_id = c.message_id
-        if store_inbound.already_stored(store, digest, message_id):
-            return "duplicate"
+        if digest in known.digests or (message_id is not None and message_id in known.message_ids):
+            return "duplicate", None, ""
         if not readable or c.errors:
             case = self._case_hint(c)
             why = "; ".join(c.errors) or "unreadable header"
             self._quarantine(identity, folder, validity, uid, raw, case, why, now)
-            return "quarantined"
-        sent = store_inbound.sent_refs(store, cited_ids(c))
+            known.digests.add(digest)
+            return "quarantined", case, why
+        cited = cited_ids(c)
+        sent = {ref: known.sent[ref] for ref in cited if ref in known.sent}
         if message_id is not None and message_id in sent:
-            return "unrelated"  # our own receipt copy, caught after a header-only miss
-        addresses = [r.address for r in c.recipients]
-        if c.from_address:
-            addresses.append(c.from_address)
-        found = match(c, sent, store_inbound.contact_cases(store, addresses))
+            return "unrelated", None, ""  # our own receipt copy, caught after a header-only miss
+        found = match(c, sent, known.contacts)
         if found is None:
-            return "unrelated"
+            return "unrelated", None, ""
         facts = store_inbound.case_facts(store, found.case_id)
         if facts is None:
-            return "unrelated"
-        effects = decide(c, facts, found.message, self.rules, now)
+            return "unrelated", None, ""
+        effects = decide(c, facts, found.message, rules, now)
         with store.transaction():
-            store.put_blob(raw)
+            store.put_blob(raw, digest)
+            classification = c.to_json()
             row = store_inbound.insert(
                 store, identity=identity, folder=folder, uidvalidity=validity, uid=uid,
                 message_id=message_id, sha256=digest, state="handled", kind=c.kind.value,
                 case_id=facts.case_id,
                 related_message=found.message.row_id if found.message else None,
-                from_address=c.from_address, subject=c.subject, classification=c.to_json(),
+                from_address=c.from_address, subject=c.subject, classification=classification,
                 error=None, now=now,
             )  # fmt: skip
             store.append_event(
@@ -300,7 +348,7 @@ class Inbound:
                     "message_id": message_id,
                     "sha256": digest,
                     "size": len(raw),
-                    "classification": _summary(c),
+                    "classification": _summary(c, classification),
                     "in_reply_to": found.message.message_id if found.message else None,
                 },
                 case_id=facts.case_id,
@@ -309,17 +357,16 @@ class Inbound:
             if c.kind in (Kind.HUMAN_REPLY, Kind.AUTOREPLY) and c.from_address:
                 # Proof the address receives mail: soft bounces were not "in a row".
                 store.conn.execute(
-                    "UPDATE contacts SET soft_bounces = 0 WHERE address = ?", (c.from_address,)
+                    "UPDATE contacts SET soft_bounces = 0 WHERE address = ? AND soft_bounces != 0",
+                    (c.from_address,),
                 )
             self._signal(c, facts.case_id, found.message, now)
             for effect in effects:
                 self.apply_effect(effect, facts, now, identity=identity, inbound_id=row)
-        log.info(
-            "case %s: %s%s from %s", facts.case_id, c.kind.value,
-            f" ({c.intent.value})" if c.intent else "", c.from_address or "?",
-            extra={"case_id": facts.case_id, "message_id": message_id},
-        )  # fmt: skip
-        return "stored"
+        known.digests.add(digest)
+        if message_id is not None:
+            known.message_ids.add(message_id)
+        return "stored", facts.case_id, ""
 
     def _case_hint(self, c: Classification) -> int | None:
         store = self.app.store
@@ -365,7 +412,6 @@ class Inbound:
                     store, case_id, row, "a message about this case could not be read", None,
                     "", now,
                 )  # fmt: skip
-        log.warning("quarantined %s/%s uid %s: %s", identity, folder, uid, why[:200])
 
     # --- acting on the case ----------------------------------------------------------------
 
@@ -542,8 +588,57 @@ def readdress(raw: bytes, to: str, message_id: str, when: datetime) -> bytes:
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def _summary(c: Classification) -> dict[str, object]:
-    """The classification as recorded in the event log (reply text kept: it is the evidence)."""
-    data = c.to_json()
-    data["reply_text"] = c.reply_text[:4000]
-    return data
+def _summary(c: Classification, data: dict[str, object]) -> dict[str, object]:
+    """The classification as recorded in the event log (reply text kept: it is the evidence).
+
+    ``data`` is ``c.to_json()``, already made for the inbound row; it is not changed.
+    """
+    return {**data, "reply_text": c.reply_text[:4000]}
+
+
+def _read(raw: bytes, now: datetime) -> tuple[str, Classification]:
+    """The pure part of handling a message: its SHA-256 and its classification."""
+    return hashlib.sha256(raw).hexdigest(), classify(raw, today=now.date())
+
+
+@dataclass
+class _Known:
+    """What recording a chunk needs from the store, read once for all its messages and kept
+    up to date as they are recorded: the same answers as asking the store each time."""
+
+    digests: set[str]  # of mail on file (dedupe by content)
+    message_ids: set[str]  # of mail on file (dedupe by Message-ID)
+    sent: dict[str, SentRef]  # our messages the chunk cites
+    contacts: dict[str, int]  # debtor addresses of the chunk → case
+
+    @classmethod
+    def load(
+        cls, store: Store, read: Sequence[tuple[int | None, bytes, bool, str, Classification]]
+    ) -> _Known:
+        classified = [c for *_, c in read]
+        digests, message_ids = store_inbound.stored_keys(
+            store, [digest for *_, digest, _c in read], [c.message_id for c in classified]
+        )
+        sent = store_inbound.sent_refs(store, [ref for c in classified for ref in cited_ids(c)])
+        addresses = [r.address for c in classified for r in c.recipients]
+        addresses += [c.from_address for c in classified if c.from_address]
+        return cls(digests, message_ids, sent, store_inbound.contact_cases(store, addresses))
+
+
+def _log_outcome(
+    identity: str,
+    folder: str,
+    uid: int | None,
+    c: Classification,
+    outcome: str,
+    case_id: int | None,
+    why: str,
+) -> None:
+    if outcome == "stored":
+        log.info(
+            "case %s: %s%s from %s", case_id, c.kind.value,
+            f" ({c.intent.value})" if c.intent else "", c.from_address or "?",
+            extra={"case_id": case_id, "message_id": c.message_id},
+        )  # fmt: skip
+    elif outcome == "quarantined":
+        log.warning("quarantined %s/%s uid %s: %s", identity, folder, uid, why[:200])

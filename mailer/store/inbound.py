@@ -13,6 +13,7 @@ from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
 from mailer.store.db import Store, iso
 
 _CHUNK = 500  # SQLite's default host-parameter limit is far above this
+_JSON = json.JSONEncoder(ensure_ascii=False)  # as json.dumps(..., ensure_ascii=False), built once
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,36 +74,46 @@ def contact_cases(store: Store, addresses: Iterable[str]) -> dict[str, int]:
     wanted = sorted({a.lower() for a in addresses if a})
     found: dict[str, int] = {}
     for chunk in _chunks(wanted):
+        # Open cases first, through the index of open cases: asked for all cases at once,
+        # SQLite reads every case in the store for each look-up.
         rows = store.conn.execute(
-            "SELECT lower(c.address), k.id FROM contacts c JOIN cases k ON k.debtor_id = c.debtor_id"
-            f" WHERE c.address IN ({', '.join('?' * len(chunk))})"
-            " ORDER BY k.closed_at IS NULL, k.id",
+            "SELECT lower(c.address), k.id FROM contacts c JOIN cases k"
+            " ON k.debtor_id = c.debtor_id AND k.closed_at IS NULL"
+            f" WHERE c.address IN ({', '.join('?' * len(chunk))}) ORDER BY k.id",
             tuple(chunk),
         )
         for address, case_id in rows:
-            found[address] = int(case_id)  # ordered so the open, newest case is written last
+            found[address] = int(case_id)  # the newest open case is written last
+    closed = [a for a in wanted if a not in found]  # debtors with no open case: rare
+    for chunk in _chunks(closed):
+        rows = store.conn.execute(
+            "SELECT lower(c.address), k.id FROM contacts c JOIN cases k ON k.debtor_id = c.debtor_id"
+            f" WHERE c.address IN ({', '.join('?' * len(chunk))}) ORDER BY k.id",
+            tuple(chunk),
+        )
+        for address, case_id in rows:
+            found[address] = int(case_id)  # the newest case is written last
     return found
 
 
 def case_facts(store: Store, case_id: int) -> CaseFacts | None:
-    row = store.conn.execute(
-        "SELECT k.status, k.paused_until, d.kind, d.timezone, k.debtor_id FROM cases k"
-        " JOIN debtors d ON d.id = k.debtor_id WHERE k.id = ?",
+    rows = store.conn.execute(
+        "SELECT k.status, k.paused_until, d.kind, d.timezone, c.address, c.status, c.soft_bounces"
+        " FROM cases k JOIN debtors d ON d.id = k.debtor_id"
+        " LEFT JOIN contacts c ON c.debtor_id = k.debtor_id WHERE k.id = ?"
+        " ORDER BY c.position, c.id",
         (case_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    contacts = store.conn.execute(
-        "SELECT address, status, soft_bounces FROM contacts WHERE debtor_id = ? ORDER BY position",
-        (row[4],),
     ).fetchall()
+    if not rows:
+        return None
+    status, paused_until, kind, timezone = rows[0][:4]
     return CaseFacts(
         case_id=case_id,
-        status=CaseStatus(row[0]),
-        paused_until=datetime.fromisoformat(row[1]) if row[1] else None,
-        debtor_kind=DebtorKind(row[2]),
-        timezone=row[3],
-        contacts=tuple((a, ContactStatus(s), int(n)) for a, s, n in contacts),
+        status=CaseStatus(status),
+        paused_until=datetime.fromisoformat(paused_until) if paused_until else None,
+        debtor_kind=DebtorKind(kind),
+        timezone=timezone,
+        contacts=tuple((a, ContactStatus(s), int(n)) for *_, a, s, n in rows if a is not None),
     )
 
 
@@ -134,6 +145,25 @@ def already_stored(store: Store, sha256: str, message_id: str | None) -> bool:
     return row is not None
 
 
+def stored_keys(
+    store: Store, digests: Iterable[str], message_ids: Iterable[str | None]
+) -> tuple[set[str], set[str]]:
+    """``already_stored`` for many messages at once: the digests and Message-IDs on file."""
+    by_sha: set[str] = set()
+    by_id: set[str] = set()
+    for column, wanted, found in (
+        ("raw_sha256", sorted(set(digests)), by_sha),
+        ("message_id", sorted({m for m in message_ids if m}), by_id),
+    ):
+        for chunk in _chunks(wanted):
+            rows = store.conn.execute(
+                f"SELECT {column} FROM inbound WHERE {column} IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk),
+            )
+            found.update(r[0] for r in rows)
+    return by_sha, by_id
+
+
 def insert(
     store: Store,
     *,
@@ -160,7 +190,7 @@ def insert(
         (
             identity, folder, uidvalidity, uid, message_id, sha256, state, kind, case_id,
             related_message, from_address, subject[:500],
-            json.dumps(classification, ensure_ascii=False), error, iso(now),
+            _JSON.encode(classification), error, iso(now),
         ),
     )  # fmt: skip
     return int(cursor.lastrowid or 0)

@@ -10,6 +10,9 @@ without restarting anything:
 
     {
       "blocked_senders":    {"billing@creditor.test": "550 5.7.1 Sender blocked by recipient"},
+      "recipient_sender_blocks": {                         # per recipient domain or address
+        "acme.example": {"billing@creditor.test": "550 5.7.1 Sender blocked by recipient"}
+      },
       "unknown_recipients": ["gone@remote.test"],          # -> 550 5.1.1 User unknown
       "tempfail_recipients": ["busy@remote.test"],         # -> 451 4.2.0 Try again later
       "reject_all": null                                   # e.g. "554 5.7.1 Go away"
@@ -79,6 +82,14 @@ class RemoteMX:
         blocked = {k.lower(): v for k, v in (r.get("blocked_senders") or {}).items()}
         if sender in blocked:
             return str(blocked[sender] or "550 5.7.1 Sender blocked by recipient")
+        # one debtor's server blocking one sender, like Postfix's recipient_policy table
+        for where, senders in (r.get("recipient_sender_blocks") or {}).items():
+            where = where.lower()
+            if rcpt != where and not rcpt.endswith("@" + where):
+                continue
+            replies = {k.lower(): v for k, v in senders.items()}
+            if sender in replies:
+                return str(replies[sender] or "550 5.7.1 Sender blocked by recipient")
         if rcpt in [x.lower() for x in r.get("unknown_recipients") or []]:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if rcpt in [x.lower() for x in r.get("tempfail_recipients") or []]:
