@@ -17,8 +17,8 @@ from rich.table import Table
 
 from mailer.app import App, Rules, rate_warnings
 from mailer.cli_cases import COMMANDS
-from mailer.cli_identities import identities
 from mailer.cli_evidence import evidence
+from mailer.cli_identities import identities
 from mailer.cli_status import status
 from mailer.config import Settings, find_config, load_settings
 from mailer.domain.calendar import zone

@@ -20,7 +20,7 @@ from mailer.evidence import tsa
 from mailer.flows.inbound import Inbound
 from mailer.flows.instalments import Instalments
 from mailer.flows.mailchimp_readback import build_channels
-from mailer.flows.mandrill import build_mandrill
+from mailer.flows.mandrill_readback import build_mandrill
 from mailer.flows.outbound import MailboxPort, Outbound, TickReport
 from mailer.mailbox.imap import ImapMailbox
 from mailer.mailbox.watcher import Watcher

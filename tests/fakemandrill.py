@@ -1,4 +1,4 @@
-"""A local stand-in for Mailchimp Transactional (Mandrill): the endpoints mailer uses, and their contract.
+"""A local stand-in for Mailchimp Transactional (Mandrill): the endpoints mailer uses, to contract.
 
 Requests come from the real SDK (mailchimp-transactional) over real HTTP on loopback. As in the
 documented contract (https://mandrillapp.com/api/docs/messages.html), every call is a POST of a
@@ -73,8 +73,9 @@ class Message:
     def info(self) -> dict[str, Any]:
         return {
             "ts": self.ts, "_id": self.id, "sender": self.sender, "template": None,
-            "subject": self.subject, "email": self.email, "tags": [], "opens": len(self.opens_detail),
-            "opens_detail": list(self.opens_detail), "clicks": len(self.clicks_detail),
+            "subject": self.subject, "email": self.email, "tags": [],
+            "opens": len(self.opens_detail), "opens_detail": list(self.opens_detail),
+            "clicks": len(self.clicks_detail),
             "clicks_detail": list(self.clicks_detail), "state": self.state, "metadata": {},
             "smtp_events": list(self.smtp_events),
         }  # fmt: skip

@@ -170,9 +170,7 @@ def test_blocking_bounces_are_left_to_the_failover() -> None:
     blocked = FailedRecipient("a@debtor.example", Reason.BLOCKED, "5.7.1", True)
     effects = decide(bounce(blocked), facts(), SENT, RULES, NOW)
     # Not a dead address: the contact stays active and the failover judges the sender.
-    assert effects == (
-        Blocked(SENT, "a@debtor.example", SignalKind.REFUSED, "blocked 5.7.1"),
-    )
+    assert effects == (Blocked(SENT, "a@debtor.example", SignalKind.REFUSED, "blocked 5.7.1"),)
     spam = FailedRecipient("a@debtor.example", Reason.SPAM_DETECTED, "5.7.1", True)
     (effect,) = decide(bounce(spam), facts(), SENT, RULES, NOW)
     assert isinstance(effect, Blocked) and effect.kind is SignalKind.FILTERED

@@ -23,7 +23,8 @@ from mailer.daemon import make_daemon
 from mailer.demo import REPO, write_config
 from mailer.domain.models import MessageState
 from mailer.errors import ConfigError, TemporaryError
-from mailer.flows.mandrill import MandrillChannel, MandrillFlow, build_mandrill
+from mailer.flows.mandrill import MandrillChannel
+from mailer.flows.mandrill_readback import MandrillFlow, build_mandrill
 from mailer.flows.outbound import Outbound, TickReport
 from mailer.ledger import parse_invoices
 from mailer.store import outbox
@@ -186,7 +187,9 @@ def test_a_message_handed_over_before_its_time_is_scheduled(
     outbox.record(app.store, message, clock.now, "held_for_window", {}, next_attempt_at=later)
     message = only(office.messages())
 
-    receipt = asyncio.run(office.channel.send(FROM, message.recipients, outbox.raw(app.store, message)))
+    receipt = asyncio.run(
+        office.channel.send(FROM, message.recipients, outbox.raw(app.store, message))
+    )
     assert only(fake.calls("send-raw")).body["send_at"] == "2026-01-07 11:00:00"
     scheduled = only(list(fake.messages.values()))
     assert scheduled.state == "scheduled" and receipt.queue_id == scheduled.id
@@ -418,8 +421,10 @@ def test_a_hard_bounce_read_back_tries_the_next_address(
     assert [m.email for m in fake.sent()] == ["d1@debtor.example", "otra1@debtor.example"]
 
 
-@pytest.mark.parametrize(("act", "reason"), [("complain", "spam complaint"),
-                                             ("unsubscribe", "unsubscribed through Mandrill")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("act", "reason"),
+    [("complain", "spam complaint"), ("unsubscribe", "unsubscribed through Mandrill")],
+)
 def test_a_complaint_or_unsubscribe_read_back_suppresses_the_address(
     tmp_path: Path, fake: FakeMandrill, clock: Clock, act: str, reason: str
 ) -> None:
@@ -440,7 +445,7 @@ def test_the_api_key_never_reaches_the_logs_or_the_evidence(
     tmp_path: Path, fake: FakeMandrill, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)  # urllib3 and requests log every request at DEBUG
-    fake.fail("send-raw", 503, f"a proxy quoting the request: {{\"key\": \"{KEY}\"}}")
+    fake.fail("send-raw", 503, f'a proxy quoting the request: {{"key": "{KEY}"}}')
     fake.fail("messages/search", 500, "ServiceUnavailable")
     app = make_app(tmp_path, fake, cases=2)
     office = Office(app, clock)
@@ -482,7 +487,9 @@ def test_every_bad_value_is_reported_at_its_line(tmp_path: Path, fake: FakeMandr
         "unknown key 'colour' in [mandrill]",
         "unknown key 'api_key' in [mandrill]",
     }
-    assert lines[found["base_url must be an http:// or https:// address"] - 1].startswith("base_url")
+    assert lines[found["base_url must be an http:// or https:// address"] - 1].startswith(
+        "base_url"
+    )
     assert lines[found["poll_minutes must be a number > 0"] - 1].startswith("poll_minutes")
 
 

@@ -189,7 +189,7 @@ def _step(src: TomlSource, index: int, raw: dict[str, Any]) -> Step | None:
     may("approval", lambda v: isinstance(v, bool), "true or false")
     may("fallback_smtp", lambda v: isinstance(v, bool), "true or false")
     if raw.get("fallback_smtp") is True and raw.get("channel", Channel.SMTP.value) == "smtp":
-        bad("fallback_smtp", "fallback_smtp = true needs channel = \"mailchimp\" or \"mandrill\"")
+        bad("fallback_smtp", 'fallback_smtp = true needs channel = "mailchimp" or "mandrill"')
     if len(src.problems) > before:
         return None
     return Step(
@@ -295,7 +295,9 @@ _CHANNEL_HINTS = {
 }
 
 
-def channel_problems(campaigns: Mapping[str, Campaign], configured: Collection[Channel]) -> list[str]:
+def channel_problems(
+    campaigns: Mapping[str, Campaign], configured: Collection[Channel]
+) -> list[str]:
     """Steps whose channel is not configured (e.g. "mailchimp" without [mailchimp]), file:line."""
     problems: list[str] = []
     for campaign in campaigns.values():

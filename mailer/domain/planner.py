@@ -172,67 +172,89 @@ def plan_facts(
     tz = facts.timezone
     tzinfo = zone(tz)
     earliest_day = earliest.astimezone(tzinfo).date()
-    for step, courtesy, step_day, opening, opening_day in _steps_from(
-        campaign, calendar, tz, tzinfo, anchor
-    ):
+    for step, row in zip(campaign.steps, _step_rows(campaign, calendar, tz, tzinfo, anchor)):
         if step.index <= taken:
             continue
+        courtesy = step.offset_days < 0
         if courtesy and earliest_day >= anchor:
             continue
-        if step_day >= earliest_day and opening >= earliest:
-            # The step's own time is the start; whether it is a slot is known already.
-            if opening_day is not None:
-                at, at_day = opening, opening_day
+        at_day: date | None = None
+        if row is None:
+            at = _step_slot(step, anchor, earliest, earliest_day, campaign, calendar, tz, tzinfo)
+        else:
+            step_day, opening, opening_day = row
+            if step_day < earliest_day or opening < earliest:
+                # Only a step day on or after ``earliest``'s can make its own time the later.
+                at = next_slot(earliest, tz, policy, calendar)
+            elif opening_day is not None:
+                at, at_day = opening, opening_day  # the step's own time is a slot
             else:
                 at = next_slot(opening, tz, policy, calendar)
-                at_day = at.astimezone(tzinfo).date()
-        else:
-            # Only a step day on or after ``earliest``'s can make its own time the later one.
-            at = next_slot(earliest, tz, policy, calendar)
-            at_day = at.astimezone(tzinfo).date() if courtesy else step_day
-        if courtesy and at_day >= anchor:
+        if courtesy and (at_day or at.astimezone(tzinfo).date()) >= anchor:
             continue
         return SendStep(step, at)
     return Idle("campaign finished")
 
 
-# Each step's day, window opening and whether that opening is a slot, for one campaign, place
-# and anchor due date: they do not depend on the case's history or ``now``, and a ledger's
-# cases share few anchors, places and campaigns. Keyed by the identity of the campaign and
-# calendar (hashing a campaign costs more than planning); each entry holds both, so neither
-# can be freed and its id reused while the entry lives. Cleared whole when full.
-_StepRow = tuple[Step, bool, date, datetime, date | None]
-_STEP_TABLES: dict[tuple[int, int, str, date], tuple[Campaign, HolidayCalendar, list[_StepRow]]]
-_STEP_TABLES = {}
-_STEP_TABLES_MAX = 1 << 14
+def _step_slot(
+    step: Step,
+    anchor: date,
+    earliest: datetime,
+    earliest_day: date,
+    campaign: Campaign,
+    calendar: HolidayCalendar,
+    tz: str,
+    tzinfo: ZoneInfo,
+) -> datetime:
+    """The first slot for ``step`` at or after ``earliest``, computed from scratch."""
+    policy = campaign.policy
+    step_day = calendar.add_business_days(anchor, step.offset_days)
+    start = earliest
+    if step_day >= earliest_day:
+        # Only then can the step's own time be later than ``earliest``: skip the conversion.
+        start = max(earliest, local_wall_to_utc(step_day, policy.window_start, tzinfo))
+    return next_slot(start, tz, policy, calendar)
 
 
-def _steps_from(
+# Per step: its day, its window opening that day and, if that opening is a slot, its local day.
+# They depend on the campaign, the place and the anchor due date, not on the case's history or
+# ``now``, and a ledger's cases share few of those: computed once per (campaign, calendar,
+# zone, anchor). Keyed by the identity of the campaign and calendar (hashing a campaign costs
+# more than planning a case); each entry holds both, so neither can be freed and its id reused
+# while the entry lives. Cleared whole when full.
+_StepRow = tuple[date, datetime, date | None] | None
+_STEP_ROWS: dict[tuple[int, int, str, date], tuple[Campaign, HolidayCalendar, list[_StepRow]]]
+_STEP_ROWS = {}
+_STEP_ROWS_MAX = 1 << 14
+
+
+def _step_rows(
     campaign: Campaign, calendar: HolidayCalendar, tz: str, tzinfo: ZoneInfo, anchor: date
 ) -> list[_StepRow]:
-    """(step, courtesy, day, window opening that day, its local day if it is a slot) per step."""
+    """One row per step of ``campaign``; None where a value cannot be computed ahead (a date
+    out of range, a policy that never sends): the caller then computes it as it comes, and
+    fails where and only where that fails."""
     key = (id(campaign), id(calendar), tz, anchor)
-    found = _STEP_TABLES.get(key)
+    found = _STEP_ROWS.get(key)
     if found is not None and found[0] is campaign and found[1] is calendar:
         return found[2]
     policy = campaign.policy
     rows: list[_StepRow] = []
     for step in campaign.steps:
-        day = calendar.add_business_days(anchor, step.offset_days)
-        opening = local_wall_to_utc(day, policy.window_start, tzinfo)
-        is_slot = next_slot(opening, tz, policy, calendar) == opening
-        rows.append(
-            (
-                step,
-                step.offset_days < 0,
-                day,
-                opening,
-                opening.astimezone(tzinfo).date() if is_slot else None,
-            )
-        )
-    if len(_STEP_TABLES) >= _STEP_TABLES_MAX:
-        _STEP_TABLES.clear()
-    _STEP_TABLES[key] = (campaign, calendar, rows)
+        try:
+            day = calendar.add_business_days(anchor, step.offset_days)
+            opening = local_wall_to_utc(day, policy.window_start, tzinfo)
+        except (ValueError, OverflowError):
+            rows.append(None)
+            continue
+        try:
+            is_slot = next_slot(opening, tz, policy, calendar) == opening
+        except (ValueError, OverflowError):
+            is_slot = False  # next_slot, called for the case, fails as it would have
+        rows.append((day, opening, opening.astimezone(tzinfo).date() if is_slot else None))
+    if len(_STEP_ROWS) >= _STEP_ROWS_MAX:
+        _STEP_ROWS.clear()
+    _STEP_ROWS[key] = (campaign, calendar, rows)
     return rows
 
 

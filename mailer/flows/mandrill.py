@@ -19,12 +19,6 @@ from typing import Any, NoReturn
 from mailer.app import App
 from mailer.compose import from_address
 from mailer.config import MandrillSettings
-from mailer.domain.inbound import (
-    CaseFacts,
-    Effect,
-    InboundRules,
-    SentRef,
-)
 from mailer.domain.models import MessageState
 from mailer.errors import IdentityUnavailableError, MailerError, PermanentError, TemporaryError
 from mailer.flows.mailchimp import _outbox_row
@@ -43,17 +37,11 @@ from mailer.transports.mandrill import (
 
 log = logging.getLogger(__name__)
 CHANNEL = "mandrill"
-# reject_reason (or status "invalid") → what it says. The address is dead, as after an SMTP 5.1.1:
-DEAD = frozenset({"hard-bounce", "invalid"})
-# The person refused our mail: suppressed for every channel, a person reviews, never routed around.
-REFUSED = frozenset({"spam", "unsub"})
-# Mandrill will not send from this identity (domain not verified, no DKIM/SPF): its own setup.
+# reject_reasons that are the identity's own setup (domain not verified, no DKIM/SPF), not the
+# address's: nothing went, the identity waits until a person fixes it.
 SENDER = frozenset({"invalid-sender", "unsigned"})
 HELD = frozenset({"launched", "sent", "settled"})  # row states once Mandrill has taken the message
-OVER = frozenset({"bounced", "soft-bounced", "rejected", "spam", "unsub"})  # info states: no more
 SEARCH_MARGIN = timedelta(minutes=5)  # the lookup window opens this long before the attempt
-
-Decider = Callable[[CaseFacts, SentRef | None, datetime, InboundRules], Sequence[Effect]]
 
 
 class MandrillChannel:
@@ -121,8 +109,9 @@ class MandrillChannel:
         status, remote_id = str(mine[0].get("status", "")), str(mine[0].get("_id", ""))
         if status in TAKEN:
             scheduled = when if status == "scheduled" else None
+            first_look = (scheduled or now) + every(self.settings)
             sends.update(store, message.id, now, state="launched", remote_id=remote_id,
-                         scheduled_for=scheduled, next_poll_at=(scheduled or now) + _every(self.settings))  # fmt: skip
+                         scheduled_for=scheduled, next_poll_at=first_look)  # fmt: skip
             return _receipt(remote_id, address, status, scheduled)
         reason = "invalid" if status == "invalid" else str(mine[0].get("reject_reason") or status)
         if reason in SENDER:
@@ -166,7 +155,8 @@ def _receipt(remote_id: str, address: str, status: str, when: datetime | None) -
                           "scheduled_for": iso(when) if when else None})  # fmt: skip
 
 
-def _every(settings: MandrillSettings) -> timedelta:
+def every(settings: MandrillSettings) -> timedelta:
+    """How often a message's state is read back."""
     return timedelta(minutes=settings.poll_minutes)
 
 

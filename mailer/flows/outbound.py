@@ -413,7 +413,8 @@ class Outbound:
             if facts is None or about is None:
                 return
             refusals = exc.refusals or tuple(
-                RecipientRefusal(a, exc.code or 550, exc.detail or str(exc)) for a in message.recipients
+                RecipientRefusal(a, exc.code or 550, exc.detail or str(exc))
+                for a in message.recipients
             )
             failed = []
             for r in refusals:
@@ -650,4 +651,3 @@ def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
 def _copy_address(identity: Identity) -> str | None:
     """Where the receipt copy goes: the identity's own mailbox, if we can read it back."""
     return identity.address if identity.receipt_copy and identity.imap_host else None
-

@@ -14,7 +14,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -52,6 +53,12 @@ class Watcher:
     last_error: str | None = None
     passes: int = 0
     totals: InboundReport | None = None
+    _idle_thread: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def _idler(self) -> ThreadPoolExecutor:
+        if self._idle_thread is None:
+            self._idle_thread = ThreadPoolExecutor(1, f"idle-{self.identity.name}")
+        return self._idle_thread
 
     async def run(self, stop: Callable[[], bool]) -> None:
         backoff = 1.0
@@ -73,7 +80,12 @@ class Watcher:
                         wait = self.idle_seconds
                         if len(self.folders) > 1:
                             wait = min(wait, self.poll_seconds)
-                        await asyncio.to_thread(box.idle_wait, self.folders[0], wait, stop)
+                        # In a thread of its own: an IDLE holds its thread for minutes, and
+                        # asyncio's shared pool (min(32, cores + 4) threads) would run dry with
+                        # a few mailboxes, starving every other to_thread call of the daemon.
+                        await asyncio.get_running_loop().run_in_executor(
+                            self._idler(), box.idle_wait, self.folders[0], wait, stop
+                        )
                     else:
                         await _sleep(self.poll_seconds, stop)
             except PermanentError as exc:
@@ -95,6 +107,9 @@ class Watcher:
                 break
             await _sleep(backoff, stop)
             backoff = min(backoff * 2, MAX_BACKOFF)
+        if self._idle_thread is not None:
+            self._idle_thread.shutdown(wait=False)
+            self._idle_thread = None
 
     async def one_pass(self, box: MailboxReader, stop: Callable[[], bool]) -> InboundReport:
         report = await self.inbound.sync(self.identity.name, box, self.clock(), stop)
