@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,20 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `python bench/scale.py`
     sys.path.insert(0, str(ROOT))
 
-from mailer.domain.calendar import HolidayCalendar  # noqa: E402
-from mailer.domain.campaign import load_campaigns  # noqa: E402
-from mailer.domain.models import (  # noqa: E402
-    DEFAULT_PROFILES,
-    Campaign,
-    DebtorKind,
-    HistoryEntry,
-)
-from mailer.domain.planner import plan  # noqa: E402
-from mailer.domain.policy import effective_policy  # noqa: E402
+from mailer.app import App, Rules  # noqa: E402
+from mailer.config import load_settings  # noqa: E402
+from mailer.domain.models import DEFAULT_PROFILES, DebtorKind  # noqa: E402
 from mailer.ledger import InvoiceRow, read_invoices  # noqa: E402
 from mailer.sample import INVOICE_COLUMNS, generate  # noqa: E402
-from mailer.store.db import Store  # noqa: E402
-from mailer.store.ledger import import_invoices, load_cases, load_history  # noqa: E402
+from mailer.store.cases import _FACTS_SQL, load_cases, load_facts, load_history  # noqa: E402
+from mailer.store.db import Store, iso  # noqa: E402
+from mailer.store.ledger import import_invoices  # noqa: E402
 
 START = date(2026, 1, 5)
 IMPORT_AT = datetime(2026, 3, 2, 7, tzinfo=UTC)
@@ -164,73 +157,127 @@ def run_import_floor(csv_path: Path, db_path: Path) -> dict[str, Any]:
     return {"total_s": elapsed, "rows": rows}
 
 
-def campaigns_by_kind() -> dict[DebtorKind, Campaign]:
-    """App.campaign_for, computed once per debtor kind instead of once per case."""
-    campaigns = load_campaigns(ROOT / "campaigns")
-    result = {}
-    for kind, profile in DEFAULT_PROFILES.items():
-        campaign = campaigns[profile.campaign]
-        result[kind] = replace(campaign, policy=effective_policy(campaign.policy, profile))
-    return result
+def open_app(db_path: Path) -> App:
+    """The App the daemon would run (examples/mailer.toml: campaigns/, templates/), on ``db_path``.
+
+    Its holiday calendars are built before any timing (once per place, ~0.25 s, as the daemon
+    does at its first pass), and printed apart.
+    """
+    settings = load_settings(ROOT / "examples" / "mailer.toml")
+    return App(settings, Store.open(db_path), Rules.load(settings))
+
+
+def warm_calendars(app: App) -> float:
+    """Build every place's HolidayCalendar now; returns the seconds it took."""
+    began = time.perf_counter()
+    for country, region in app.store.conn.execute("SELECT DISTINCT country, region FROM debtors"):
+        app.calendar(country, region)
+    for kind in DebtorKind:
+        app.campaign_for_kind(kind)
+    return time.perf_counter() - began
+
+
+def due_ids(store: Store, now: datetime) -> list[int]:
+    """The cases plan_due takes (without its per-pass limit: a full pass takes all)."""
+    return [
+        r[0]
+        for r in store.conn.execute(
+            "SELECT id FROM cases WHERE closed_at IS NULL"
+            " AND (next_action_at IS NULL OR next_action_at <= ?) ORDER BY id",
+            (iso(now),),
+        )
+    ]
 
 
 def run_plan(db_path: Path, now: datetime = PLAN_AT) -> dict[str, Any]:
-    """One full planning pass: stream every open case and its history, plan each one.
+    """One full planning pass as the daemon's plan_due reads and decides: every due case's
+    facts (``load_facts``) and history, ``App.plan_facts`` on each.
 
-    Timed apart: getting each chunk of cases and its history ("load"), and planning the chunk
-    ("plan": plan() on each case, with the caller's look-ups of campaign and calendar).
+    Timed apart: getting each chunk's facts and history ("load"), and planning the chunk
+    ("plan"); the total is the wall clock of the whole pass, choosing the due cases included.
+    The writes plan_due then makes (the next look of each case, rendering and storing the
+    messages due) are not part of the pass measured here: bench/send.py measures those.
     """
-    store = Store.open(db_path)
-    campaigns = campaigns_by_kind()
-    calendars: dict[tuple[str, str | None], HolidayCalendar] = {}
+    app = open_app(db_path)
+    calendars_s = warm_calendars(app)
     actions: Counter[str] = Counter()
     planned = 0
-    load = planning = setup = setup_cpu = 0.0
+    load = planning = 0.0
     clock = time.perf_counter
-
     cpu = time.process_time()
     began = clock()
-    cases = load_cases(store, chunk=CHUNK)
+    facts = load_facts(app.store, due_ids(app.store, now), chunk=CHUNK)
     while True:
         t0 = clock()
-        batch = list(itertools.islice(cases, CHUNK))
+        batch = list(itertools.islice(facts, CHUNK))
         if not batch:
             load += clock() - t0
             break
-        history = load_history(store, [c.id for c in batch])
+        history = load_history(app.store, [f.id for f in batch])
         t1 = clock()
-        for case in batch:
-            debtor = case.debtor
-            key = (debtor.country, debtor.region)
-            calendar = calendars.get(key)
-            if calendar is None:
-                t, t_cpu = clock(), time.process_time()
-                calendar = calendars[key] = HolidayCalendar(*key)
-                setup += clock() - t
-                setup_cpu += time.process_time() - t_cpu
-            entries: list[HistoryEntry] = history.get(case.id, [])
-            action = plan(case, campaigns[debtor.kind], entries, calendar, now)
+        for f in batch:
+            action = app.plan_facts(f, history.get(f.id, []), now)
             actions[type(action).__name__] += 1
         planned += len(batch)
         load += t1 - t0
         planning += clock() - t1
-    total = clock() - began - setup
-    cpu = time.process_time() - cpu - setup_cpu
-    store.close()
+    total = clock() - began
+    cpu = time.process_time() - cpu
+    app.store.close()
     return {
         "total_s": total,
         "cpu_s": cpu,
-        "plan_s": planning - setup,
+        "plan_s": planning,
         "load_s": load,
-        "calendars_s": setup,
+        "calendars_s": calendars_s,
         "planned": planned,
         "actions": dict(actions),
     }
 
 
+def run_plan_cases(db_path: Path, now: datetime = PLAN_AT) -> dict[str, Any]:
+    """The previous planning pass, for comparison: whole Cases (``load_cases``: debtor,
+    contacts, every invoice and payment as objects), ``App.plan`` on each."""
+    app = open_app(db_path)
+    warm_calendars(app)
+    actions: Counter[str] = Counter()
+    load = 0.0
+    clock = time.perf_counter
+    cpu = time.process_time()
+    began = clock()
+    cases = load_cases(app.store, chunk=CHUNK)
+    while True:
+        t0 = clock()
+        batch = list(itertools.islice(cases, CHUNK))
+        history = load_history(app.store, [c.id for c in batch]) if batch else {}
+        load += clock() - t0
+        if not batch:
+            break
+        for case in batch:
+            actions[type(app.plan(case, history.get(case.id, []), now)).__name__] += 1
+    total = clock() - began
+    cpu = time.process_time() - cpu
+    app.store.close()
+    return {"total_s": total, "cpu_s": cpu, "load_s": load, "actions": dict(actions)}
+
+
 def run_load_floor(db_path: Path) -> dict[str, Any]:
-    """The floor for loading: the same rows fetched as plain tuples, no objects built."""
+    """The floors for loading: the same SQL fetched as plain tuples, no objects built.
+
+    "facts": the facts statement, a chunk of case ids at a time as load_facts runs it, and the
+    history's; "cases": the rows load_cases reads (cases, contacts, invoices, payments, history).
+    """
     conn = sqlite3.connect(str(db_path))
+    ids = [r[0] for r in conn.execute("SELECT id FROM cases WHERE closed_at IS NULL ORDER BY id")]
+    began = time.perf_counter()
+    facts_rows = 0
+    for start in range(0, len(ids), CHUNK):
+        part = ids[start : start + CHUNK]
+        where = f"c.id IN ({', '.join('?' * len(part))})"
+        facts_rows += len(conn.execute(_FACTS_SQL.format(where=where), part).fetchall())
+        history = "SELECT case_id, step, coalesce(sent_at, scheduled_at), state FROM messages"
+        conn.execute(f"{history} WHERE case_id IN ({', '.join('?' * len(part))})", part).fetchall()
+    facts_s = time.perf_counter() - began
     began = time.perf_counter()
     rows = 0
     for sql in (
@@ -249,7 +296,7 @@ def run_load_floor(db_path: Path) -> dict[str, Any]:
             rows += 1
     elapsed = time.perf_counter() - began
     conn.close()
-    return {"total_s": elapsed, "rows": rows}
+    return {"total_s": elapsed, "rows": rows, "facts_s": facts_s, "facts_rows": facts_rows}
 
 
 PHASES = {
@@ -257,6 +304,7 @@ PHASES = {
     "import": lambda a: run_import(a.csv, a.db),
     "import-floor": lambda a: run_import_floor(a.csv, a.db),
     "plan": lambda a: run_plan(a.db),
+    "plan-cases": lambda a: run_plan_cases(a.db),
     "load-floor": lambda a: run_load_floor(a.db),
 }
 

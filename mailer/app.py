@@ -25,7 +25,7 @@ from mailer.domain.models import (
     Step,
 )
 from mailer.domain.money import rate_on
-from mailer.domain.planner import plan
+from mailer.domain.planner import CaseFacts, plan, plan_facts
 from mailer.domain.policy import effective_policy, profile_for
 from mailer.errors import ConfigError
 from mailer.ledger import parse_invoices, parse_payments
@@ -98,7 +98,12 @@ class App:
 
     def campaign_for(self, case: Case) -> Campaign:
         """The debtor's campaign, its policy clamped to the debtor's compliance profile."""
-        profile = profile_for(case.debtor, self.settings.profiles)
+        return self.campaign_for_kind(case.debtor.kind)
+
+    def campaign_for_kind(self, kind: DebtorKind) -> Campaign:
+        """The campaign of debtors of ``kind``, clamped to their compliance profile."""
+        profiles = self.settings.profiles
+        profile = profiles.get(kind) or profiles[DebtorKind.BUSINESS]  # as policy.profile_for
         # Clamped once per profile, not once per case (~10 µs, as much as planning the case),
         # and again only when a reload has swapped the rules or the settings.
         cached = self._campaigns.get(profile.name)
@@ -111,6 +116,11 @@ class App:
     def plan(self, case: Case, history: list[HistoryEntry], now: datetime) -> Action:
         calendar = self.calendar(case.debtor.country, case.debtor.region)
         return plan(case, self.campaign_for(case), history, calendar, now)
+
+    def plan_facts(self, facts: CaseFacts, history: list[HistoryEntry], now: datetime) -> Action:
+        """``plan`` from what a planning pass reads of a case (``store.cases.load_facts``)."""
+        calendar = self.calendar(facts.country, facts.region)
+        return plan_facts(facts, self.campaign_for_kind(facts.kind), history, calendar, now)
 
     def render(
         self,

@@ -1,13 +1,13 @@
-"""A local stand-in for Mailchimp Transactional (Mandrill): the endpoints mailer uses, to contract.
+"""A local stand-in for Mailchimp Transactional (Mandrill): the endpoints mailer uses, as documented.
 
 Requests come from the real SDK (mailchimp-transactional) over real HTTP on loopback. As in the
 documented contract (https://mandrillapp.com/api/docs/messages.html), every call is a POST of a
 JSON body carrying the API key as ``key``, to ``/api/1.x/<group>/<method>.json``; answers are 200
 with JSON, and every error is HTTP 500 with ``{"status": "error", "code": …, "name": …,
-"message": …}`` (Invalid_Key, ValidationError, PaymentRequired, Unknown_Message). A send answers
-per recipient: ``sent`` / ``queued`` / ``scheduled``, ``rejected`` with a ``reject_reason``
-(hard-bounce, soft-bounce, spam, unsub, custom, invalid-sender, invalid, test-mode-limit,
-unsigned, rule), or ``invalid``. Mandrill rejects mail from unverified sending domains
+"message": …}`` (Invalid_Key, ValidationError, PaymentRequired, Unknown_Message; mailer reads
+the name, never the code). A send answers per recipient: ``sent`` / ``queued`` / ``scheduled``,
+``rejected`` with a ``reject_reason`` (hard-bounce, soft-bounce, spam, unsub, custom,
+invalid-sender, invalid, test-mode-limit, unsigned, rule), or ``invalid``. Mandrill rejects mail from unverified sending domains
 ("unsigned"), and mail to addresses on its rejection denylist. Tests inject 429s, 5xx and lost
 answers with ``fail``, and move Mandrill's side on with ``deliver_scheduled``, ``open``,
 ``click``, ``bounce``, ``complain`` and ``unsubscribe``.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-import itertools
 import json
 import re
 import threading
@@ -109,7 +108,6 @@ class FakeMandrill:
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self.lock = threading.Lock()
-        self._ids = itertools.count(1)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
 

@@ -119,7 +119,7 @@ def test_a_channel_without_its_configuration_is_reported(tmp_path: Path) -> None
     assert channel_problems(campaigns, {Channel.MANDRILL}) == []
     assert channel_problems(campaigns, {Channel.MAILCHIMP}) == [
         f"{tmp_path / 'odd.toml'}:6: step 'firm' uses channel 'mandrill', which is not"
-        " configured: sending through Mailchimp Transactional is not available yet"
+        " configured: add a [mandrill] section to the configuration"
     ]
     mailchimp = {"odd": replace(campaigns["odd"], steps=(replace(campaigns["odd"].steps[1],
                                                           channel=Channel.MAILCHIMP),))}  # fmt: skip

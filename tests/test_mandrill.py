@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import mailchimp_setup
 import pytest
 from click.testing import CliRunner
 from fakemandrill import FakeMandrill
@@ -20,7 +21,7 @@ from mailer.app import App
 from mailer.cli import main
 from mailer.config import load_settings
 from mailer.daemon import make_daemon
-from mailer.demo import REPO, write_config
+from mailer.demo import write_config
 from mailer.domain.models import MessageState
 from mailer.errors import ConfigError, TemporaryError
 from mailer.flows.mandrill import MandrillChannel
@@ -46,12 +47,10 @@ def fake(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeMandrill
 
 def write_campaigns(directory: Path, *, fallback: bool) -> Path:
     """The shipped campaigns with every step on the Mandrill channel."""
-    directory.mkdir(parents=True, exist_ok=True)
-    extra = 'channel = "mandrill"\n' + ("fallback_smtp = true\n" if fallback else "")
-    for name in ("business", "consumer"):
-        text = (REPO / "campaigns" / f"{name}.toml").read_text(encoding="utf-8")
-        text = re.sub(r"(?m)^(offset_days = .*\n)", lambda m: m.group(1) + extra, text)
-        (directory / f"{name}.toml").write_text(text, encoding="utf-8")
+    mailchimp_setup.write_campaigns(directory, fallback=fallback)
+    for path in directory.glob("*.toml"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace('channel = "mailchimp"', 'channel = "mandrill"'))
     return directory
 
 
@@ -77,22 +76,17 @@ def make_app(tmp_path: Path, fake: FakeMandrill, *, cases: int = 1, fallback: bo
     return app
 
 
-class Office:
+class Office(mailchimp_setup.Office):
     """The outbound pass and the Mandrill pass, as the daemon runs them, one tick at a time."""
 
-    def __init__(self, app: App, clock: Clock) -> None:
+    def __init__(self, app: App, clock: Clock) -> None:  # not super(): that builds Mailchimp
         channels, flows = build_mandrill(app, clock)
         self.app = app
         self.clock = clock
         self.channel = channels["mandrill"]
         assert isinstance(self.channel, MandrillChannel)
         self.outbound = Outbound(app, {}, None, channels=channels)
-        self.flow: MandrillFlow = flows[0]
-
-    async def tick(self) -> TickReport:
-        report = await self.outbound.tick(self.clock.now)
-        await self.flow.tick(self.clock.now, report)
-        return report
+        self.flow: MandrillFlow = flows[0]  # type: ignore[assignment]
 
     def run(self, ticks: int = 1, **advance: float) -> TickReport:
         report = TickReport()
@@ -102,24 +96,17 @@ class Office:
             report = asyncio.run(self.tick())
         return report
 
-    def messages(self, where: str = "1 = 1") -> list[outbox.OutboxMessage]:
-        return outbox.select(self.app.store, where)
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.app.store.events() if e["kind"] == kind]
-
-    def contact(self, address: str) -> str:
-        row = self.app.store.conn.execute(
-            "SELECT status FROM contacts WHERE address = ?", (address,)
-        ).fetchone()
-        return str(row[0])
-
-    def case_status(self, case_id: int = 1) -> str:
-        row = self.app.store.conn.execute("SELECT status FROM cases WHERE id = ?", (case_id,))
-        return str(row.fetchone()[0])
-
     def reviews(self) -> list[str]:
         return [r[0] for r in self.app.store.conn.execute("SELECT reason FROM reviews")]
+
+    def handed_over_early(self) -> tuple[outbox.OutboxMessage, bytes]:
+        """The first step's message, planned now, its time set to 11:00 UTC (an hour and a
+        half ahead), as the channel would get it if the outbox handed it over early."""
+        self.outbound.plan_due(self.clock.now, TickReport())
+        message = only(self.messages())
+        later = self.clock.now.replace(hour=11, minute=0)
+        outbox.record(self.app.store, message, self.clock.now, "held", {}, next_attempt_at=later)
+        return only(self.messages()), outbox.raw(self.app.store, message)
 
 
 def only(items: list[Any]) -> Any:
@@ -179,34 +166,27 @@ def test_a_message_handed_over_before_its_time_is_scheduled(
 ) -> None:
     """send_at is the message's own time when that is still ahead (the daemon's outbox hands a
     message over when due: then Mandrill sends at once)."""
-    app = make_app(tmp_path, fake)
-    office = Office(app, clock)
-    office.outbound.plan_due(clock.now, TickReport())
-    message = only(office.messages())
-    later = clock.now.replace(hour=11, minute=0)
-    outbox.record(app.store, message, clock.now, "held_for_window", {}, next_attempt_at=later)
-    message = only(office.messages())
+    office = Office(make_app(tmp_path, fake), clock)
+    message, raw = office.handed_over_early()
 
-    receipt = asyncio.run(
-        office.channel.send(FROM, message.recipients, outbox.raw(app.store, message))
-    )
+    receipt = asyncio.run(office.channel.send(FROM, message.recipients, raw))
     assert only(fake.calls("send-raw")).body["send_at"] == "2026-01-07 11:00:00"
     scheduled = only(list(fake.messages.values()))
     assert scheduled.state == "scheduled" and receipt.queue_id == scheduled.id
     assert receipt.extra["scheduled_for"] == "2026-01-07T11:00:00+00:00"
+    # Read back from its time on: Mandrill knows it once it has gone.
+    clock.advance(hours=2)
+    fake.deliver_scheduled()
+    asyncio.run(office.flow.tick(clock.now, TickReport()))
+    assert only(office.events("mandrill_state"))["data"]["state"] == "sent"
 
 
 def test_scheduling_without_a_paid_balance_waits_instead_of_sending_early(
     tmp_path: Path, fake: FakeMandrill, clock: Clock
 ) -> None:
     fake.positive_balance = False
-    app = make_app(tmp_path, fake)
-    office = Office(app, clock)
-    office.outbound.plan_due(clock.now, TickReport())
-    message = only(office.messages())
-    later = clock.now.replace(hour=11, minute=0)
-    outbox.record(app.store, message, clock.now, "held_for_window", {}, next_attempt_at=later)
-    raw = outbox.raw(app.store, message)
+    office = Office(make_app(tmp_path, fake), clock)
+    message, raw = office.handed_over_early()
 
     for _ in range(2):  # the second time Mandrill is not asked again
         with pytest.raises(TemporaryError, match="2026-01-07T11:00:00"):
@@ -215,7 +195,7 @@ def test_scheduling_without_a_paid_balance_waits_instead_of_sending_early(
     unavailable = only(office.events("mandrill_schedule_unavailable"))
     assert "PaymentRequired" in unavailable["data"]["error"]
     # When its time comes the outbox hands it over, and it goes at once.
-    clock.now = later
+    clock.now = message.next_attempt_at
     assert office.run().sent == 1
     assert "send_at" not in fake.calls("send-raw")[-1].body and len(fake.sent()) == 1
 

@@ -291,7 +291,7 @@ def profile_problems(campaign: Campaign, profile: ComplianceProfile) -> list[str
 
 _CHANNEL_HINTS = {
     Channel.MAILCHIMP: ": add a [mailchimp] section to the configuration",
-    Channel.MANDRILL: ": sending through Mailchimp Transactional is not available yet",
+    Channel.MANDRILL: ": add a [mandrill] section to the configuration",
 }
 
 

@@ -28,6 +28,7 @@ from mailer.domain.models import (
     Idle,
     LookAgain,
     MessageState,
+    Policy,
     SendStep,
     Step,
 )
@@ -172,7 +173,7 @@ def plan_facts(
     tz = facts.timezone
     tzinfo = zone(tz)
     earliest_day = earliest.astimezone(tzinfo).date()
-    for step, row in zip(campaign.steps, _step_rows(campaign, calendar, tz, tzinfo, anchor)):
+    for step, row in _step_rows(campaign, calendar, tz, tzinfo, anchor):
         if step.index <= taken:
             continue
         courtesy = step.offset_days < 0
@@ -185,7 +186,7 @@ def plan_facts(
             step_day, opening, opening_day = row
             if step_day < earliest_day or opening < earliest:
                 # Only a step day on or after ``earliest``'s can make its own time the later.
-                at = next_slot(earliest, tz, policy, calendar)
+                at = _slot_from(earliest, tz, policy, calendar)
             elif opening_day is not None:
                 at, at_day = opening, opening_day  # the step's own time is a slot
             else:
@@ -194,6 +195,25 @@ def plan_facts(
             continue
         return SendStep(step, at)
     return Idle("campaign finished")
+
+
+# The last slot found from ``earliest`` per (policy, calendar, zone): every case without
+# history starts from ``now``, so a planning pass asks the same question over and over.
+# Identity keys, as for _STEP_ROWS below.
+_LAST_SLOT: dict[tuple[int, int, str], tuple[Policy, HolidayCalendar, datetime, datetime]] = {}
+
+
+def _slot_from(earliest: datetime, tz: str, policy: Policy, calendar: HolidayCalendar) -> datetime:
+    """``next_slot(earliest, tz, policy, calendar)``, remembered for the next equal question."""
+    key = (id(policy), id(calendar), tz)
+    last = _LAST_SLOT.get(key)
+    if last is not None and last[2] == earliest and last[0] is policy and last[1] is calendar:
+        return last[3]
+    at = next_slot(earliest, tz, policy, calendar)
+    if len(_LAST_SLOT) >= _STEP_ROWS_MAX:
+        _LAST_SLOT.clear()
+    _LAST_SLOT[key] = (policy, calendar, earliest, at)
+    return at
 
 
 def _step_slot(
@@ -222,7 +242,7 @@ def _step_slot(
 # zone, anchor). Keyed by the identity of the campaign and calendar (hashing a campaign costs
 # more than planning a case); each entry holds both, so neither can be freed and its id reused
 # while the entry lives. Cleared whole when full.
-_StepRow = tuple[date, datetime, date | None] | None
+_StepRow = tuple[Step, tuple[date, datetime, date | None] | None]
 _STEP_ROWS: dict[tuple[int, int, str, date], tuple[Campaign, HolidayCalendar, list[_StepRow]]]
 _STEP_ROWS = {}
 _STEP_ROWS_MAX = 1 << 14
@@ -245,13 +265,13 @@ def _step_rows(
             day = calendar.add_business_days(anchor, step.offset_days)
             opening = local_wall_to_utc(day, policy.window_start, tzinfo)
         except (ValueError, OverflowError):
-            rows.append(None)
+            rows.append((step, None))
             continue
         try:
             is_slot = next_slot(opening, tz, policy, calendar) == opening
         except (ValueError, OverflowError):
             is_slot = False  # next_slot, called for the case, fails as it would have
-        rows.append((day, opening, opening.astimezone(tzinfo).date() if is_slot else None))
+        rows.append((step, (day, opening, opening.astimezone(tzinfo).date() if is_slot else None)))
     if len(_STEP_ROWS) >= _STEP_ROWS_MAX:
         _STEP_ROWS.clear()
     _STEP_ROWS[key] = (campaign, calendar, rows)

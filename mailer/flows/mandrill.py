@@ -11,7 +11,6 @@ refusals lead to are in mandrill_readback.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -20,7 +19,13 @@ from mailer.app import App
 from mailer.compose import from_address
 from mailer.config import MandrillSettings
 from mailer.domain.models import MessageState
-from mailer.errors import IdentityUnavailableError, MailerError, PermanentError, TemporaryError
+from mailer.errors import (
+    AmbiguousDeliveryError,
+    IdentityUnavailableError,
+    MailerError,
+    PermanentError,
+    TemporaryError,
+)
 from mailer.flows.mailchimp import _outbox_row
 from mailer.store import mailchimp as sends
 from mailer.store import outbox
@@ -35,7 +40,6 @@ from mailer.transports.mandrill import (
     from_text,
 )
 
-log = logging.getLogger(__name__)
 CHANNEL = "mandrill"
 # reject_reasons that are the identity's own setup (domain not verified, no DKIM/SPF), not the
 # address's: nothing went, the identity waits until a person fixes it.
@@ -103,9 +107,10 @@ class MandrillChannel:
                                 "then": f"sent when due, {iso(when)}"},
                                case_id=message.case_id, message_id=message.id)  # fmt: skip
             raise TemporaryError(f"{exc}: the message waits until {iso(when)}") from None
-        mine = [r for r in answer.body if str(r.get("email", "")).lower() == address.lower()]
-        if len(mine) != 1:
-            raise PermanentError(f"Mandrill's answer names no status for {address}")
+        results = answer.body if isinstance(answer.body, list) else []
+        mine = [r for r in results if str(r.get("email", "")).lower() == address.lower()]
+        if len(mine) != 1:  # taken or not, it does not say: looked up later, never resent blindly
+            raise AmbiguousDeliveryError(f"Mandrill's answer names no one status for {address}")
         status, remote_id = str(mine[0].get("status", "")), str(mine[0].get("_id", ""))
         if status in TAKEN:
             scheduled = when if status == "scheduled" else None

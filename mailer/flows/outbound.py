@@ -19,6 +19,7 @@ from mailer.domain.calendar import next_slot
 from mailer.domain.classify.model import FailedRecipient, Reason
 from mailer.domain.inbound import bounce
 from mailer.domain.models import (
+    Action,
     Case,
     CaseStatus,
     HistoryEntry,
@@ -28,6 +29,7 @@ from mailer.domain.models import (
     SendStep,
 )
 from mailer.domain.outbox import retry_at
+from mailer.domain.planner import CaseFacts
 from mailer.errors import (
     AmbiguousDeliveryError,
     IdentityUnavailableError,
@@ -42,8 +44,8 @@ from mailer.flows.stage import stage
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
+from mailer.store.cases import load_cases, load_facts, load_history
 from mailer.store.db import canonical, iso
-from mailer.store.ledger import load_cases, load_history
 from mailer.transports.base import DeliveryRefusedError, RecipientRefusal, Transport
 
 log = logging.getLogger(__name__)
@@ -87,49 +89,81 @@ class Outbound:
     # Transports by channel for messages not sent by SMTP ("mailchimp", "mandrill"); such a
     # channel settles its own crash leftovers (asking its API), so reconcile leaves them alone.
     channels: Mapping[str, Transport] = field(default_factory=dict)
+    # where the next planning pass starts: after the last case the previous one took (see plan_due)
+    _plan_after: int = field(default=0, init=False, repr=False)
     # "sent" records waiting to share the next claim's commit (see _claim)
     _unrecorded: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
     # --- planning ---------------------------------------------------------------------------
 
     def plan_due(self, now: datetime, report: TickReport) -> None:
-        """Plan every open case whose next look is due; enqueue what is due now."""
+        """Plan every open case whose next look is due; enqueue what is due now.
+
+        Planning reads each case's facts (``load_facts``: one narrow row, SQLite doing the
+        sums); the whole Case, which rendering and the failover need, is loaded only for the
+        cases with a step due now. A pass takes at most ``batch * 10`` cases, in id order from
+        where the last pass stopped, so that cases waiting with low ids (idle ones are looked
+        at again at every pass) never keep the others from their turn.
+        """
         store = self.app.store
-        rows = store.conn.execute(
-            "SELECT id, identity FROM cases WHERE closed_at IS NULL"
-            " AND (next_action_at IS NULL OR next_action_at <= ?) ORDER BY id LIMIT ?",
-            (iso(now), self.batch * 10),
-        ).fetchall()
+        sql = (
+            "SELECT id, identity, next_action_at FROM cases WHERE closed_at IS NULL"
+            " AND (next_action_at IS NULL OR next_action_at <= ?) AND id > ? ORDER BY id LIMIT ?"
+        )
+        limit, after = self.batch * 10, self._plan_after
+        rows = store.conn.execute(sql, (iso(now), after, limit)).fetchall()
+        if len(rows) < limit and after:
+            # Past the last due case: on from the first one, up to where this pass began.
+            more = store.conn.execute(sql, (iso(now), 0, limit - len(rows))).fetchall()
+            rows += [r for r in more if r[0] <= after]
+        self._plan_after = rows[-1][0] if len(rows) == limit else 0
         if not rows:
             return
         identities = {r[0]: r[1] for r in rows}
+        looks = {r[0]: r[2] for r in rows}
         ids = list(identities)
         history = load_history(store, ids)
-        cases = load_cases(store, ids)
+        facts = load_facts(store, ids)
         engaged = store_blocking.engaged_cases(store, ids)
         # One transaction (one fsync) per PLAN_CHUNK cases instead of two per case; a savepoint
         # keeps each case's writes all-or-nothing. A crash loses only plans of unsent messages,
         # which the next pass makes again.
-        while chunk := list(islice(cases, PLAN_CHUNK)):
+        while chunk := list(islice(facts, PLAN_CHUNK)):
+            decided = [(f, self._decide(f, history.get(f.id, []), now)) for f in chunk]
+            due = [
+                f.id for f, action in decided if isinstance(action, SendStep) and action.at <= now
+            ]
+            cases = {c.id: c for c in load_cases(store, due)} if due else {}
             with store.transaction() as conn:
-                for case in chunk:
+                for f, action in decided:
                     try:
                         with _savepoint(conn):
                             self._plan_case(
-                                case,
-                                identities[case.id],
-                                history.get(case.id, []),
+                                f,
+                                action,
+                                cases.get(f.id),
+                                identities[f.id],
+                                looks[f.id],
                                 now,
                                 report,
-                                case.id in engaged,
+                                f.id in engaged,
                             )
                     except NeedsReviewError as exc:
-                        self._to_review(case.id, now, str(exc))
+                        self._to_review(f.id, now, str(exc))
                     except Exception as exc:
-                        log.exception("planning failed", extra={"case_id": case.id})
-                        report.errors.append(f"case {case.id}: {exc}")
-                        store.append_event(now, "case_error", {"error": repr(exc)}, case_id=case.id)
-                        self._next_look(case.id, now + timedelta(hours=1))
+                        log.exception("planning failed", extra={"case_id": f.id})
+                        report.errors.append(f"case {f.id}: {exc}")
+                        store.append_event(now, "case_error", {"error": repr(exc)}, case_id=f.id)
+                        self._next_look(f.id, now + timedelta(hours=1))
+
+    def _decide(
+        self, facts: CaseFacts, history: list[HistoryEntry], now: datetime
+    ) -> Action | Exception:
+        """The planner's answer, or what it raised: raised again where the case is handled."""
+        try:
+            return self.app.plan_facts(facts, history, now)
+        except Exception as exc:
+            return exc
 
     def _next_look(self, case_id: int, at: datetime | None) -> None:
         with self.app.store.transaction() as conn:
@@ -140,23 +174,30 @@ class Outbound:
 
     def _plan_case(
         self,
-        case: Case,
+        facts: CaseFacts,
+        action: Action | Exception,
+        case: Case | None,
         identity_name: str | None,
-        history: list[HistoryEntry],
+        look: str | None,
         now: datetime,
         report: TickReport,
         engaged: bool = False,
     ) -> None:
+        """Act on the plan for one case. ``case`` is loaded when a step is due now; ``look`` is
+        its ``next_action_at`` as stored."""
+        if isinstance(action, Exception):
+            raise action
         store = self.app.store
-        if case.status is CaseStatus.PAUSED and case.paused_until and case.paused_until <= now:
+        if facts.status is CaseStatus.PAUSED and facts.paused_until and facts.paused_until <= now:
             with store.transaction() as conn:
                 conn.execute(
                     "UPDATE cases SET status = 'active', paused_until = NULL WHERE id = ?",
-                    (case.id,),
+                    (facts.id,),
                 )
-                store.append_event(now, "case_resumed", {"reason": "pause ended"}, case_id=case.id)
-        action = self.app.plan(case, history, now)
+                store.append_event(now, "case_resumed", {"reason": "pause ended"}, case_id=facts.id)
         if isinstance(action, SendStep) and action.at <= now:
+            if case is None:
+                raise MailerError(f"case {facts.id} could not be loaded to send its step")
             if engaged:
                 # A debtor who answered before and now hears nothing may no longer be
                 # receiving this identity's mail: the failover looks before the next step.
@@ -167,11 +208,12 @@ class Outbound:
                 identity_name = chosen
             if self.enqueue(case, action, identity_name, now):
                 report.planned += 1
-            self._next_look(case.id, now)  # look again: the next step's time depends on this one
-        elif isinstance(action, SendStep | LookAgain):
-            self._next_look(case.id, action.at)
-        else:
-            self._next_look(case.id, None)  # idle until an import, a reply or a person acts
+            self._next_look(facts.id, now)  # look again: the next step's time depends on this one
+            return
+        # idle (None) until an import, a reply or a person acts
+        at = action.at if isinstance(action, SendStep | LookAgain) else None
+        if (iso(at) if at else None) != look:  # most passes change nothing: no write then
+            self._next_look(facts.id, at)
 
     def enqueue(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -23,6 +24,7 @@ from mailer.domain.models import (
     MessageState,
     Payment,
 )
+from mailer.domain.planner import CaseFacts
 from mailer.ledger import collector_paused
 from mailer.slots import slot_constructor
 from mailer.store.db import EventItem, Store, iso
@@ -291,6 +293,113 @@ def _build_chunk(
         )
         for case_id, status, paused, debtor_id, name, kind, lang, country, region, tz in cases
     ]
+
+
+# --- facts: what a planning pass reads ---------------------------------------------------------
+
+# One narrow row per case; SQLite walks each debtor's invoices and contacts in C. Each invoice
+# gives ``due_date || tag``: tag '0' when it is unpaid, NULL when paid, '1' when SQLite cannot
+# tell exactly. The least such text is the oldest unpaid invoice ('0' sorts first on equal
+# dates); if it is a '1', that case's invoices are decided again in Python, in Decimal. Money
+# is decimal text ("1210.00", always two decimals: mailer.money.parse_amount): it is compared
+# in whole cents, as integers, never as floats. Text of another shape, or too long for a sum
+# of integers to hold, gets a '1'.
+_CANON = "({0} NOT GLOB '*[^0-9.]*' AND instr({0}, '.') = length({0}) - 2 AND length({0}) <= 15)"
+_CENTS = "CAST(replace({0}, '.', '') AS INTEGER)"
+_FACTS_SQL = (
+    "SELECT c.id, c.status, c.paused_until, d.kind, d.country, d.region, d.timezone,"
+    " (SELECT min(i.due_date || CASE"
+    " WHEN NOT EXISTS (SELECT 1 FROM payments p WHERE p.invoice_number = i.number)"
+    " THEN CASE WHEN CAST(i.amount AS REAL) > 0 THEN '0' END"
+    " ELSE (SELECT CASE"
+    f" WHEN NOT {_CANON.format('i.amount')} OR NOT min({_CANON.format('p.amount')}) THEN '1'"
+    f" WHEN {_CENTS.format('i.amount')} > sum({_CENTS.format('p.amount')}) THEN '0' END"
+    " FROM payments p WHERE p.invoice_number = i.number) END)"
+    " FROM invoices i WHERE i.debtor_id = c.debtor_id),"
+    " EXISTS (SELECT 1 FROM contacts t WHERE t.debtor_id = c.debtor_id AND t.position >= 0"
+    " AND t.status = 'active')"
+    " FROM cases c JOIN debtors d ON d.id = c.debtor_id WHERE {where} ORDER BY c.id"
+)
+_PAID_SQL = (
+    "SELECT c.id, i.due_date, i.amount, (SELECT group_concat(p.amount, ' ') FROM payments p"
+    " WHERE p.invoice_number = i.number) FROM cases c JOIN invoices i ON i.debtor_id = c.debtor_id"
+    " WHERE c.id IN ({marks})"
+)
+_new_facts = slot_constructor(CaseFacts)
+
+
+def load_facts(
+    store: Store,
+    case_ids: Iterable[int] | None = None,
+    *,
+    include_closed: bool = False,
+    chunk: int = 2000,
+) -> Iterator[CaseFacts]:
+    """What the planner needs of each case (``planner.facts_of`` of the loaded Case, exactly).
+
+    Chosen as ``load_cases`` chooses, in the same order, a chunk at a time: without
+    ``case_ids`` every open case (every case with ``include_closed``), by id whatever their
+    status otherwise. Each chunk is read whole before its first facts are yielded.
+    """
+    dates: dict[str, date] = {}  # "2026-03-15" and "2026-03-150" alike: few distinct values
+    for where, args in _case_chunks(store, case_ids, include_closed, chunk):
+        yield from _facts_chunk(store.conn, where, args, dates)
+
+
+def _facts_chunk(
+    conn: sqlite3.Connection, where: str, args: tuple[int, ...], dates: dict[str, date]
+) -> list[CaseFacts]:
+    rows = conn.execute(_FACTS_SQL.format(where=where), args).fetchall()
+    statuses, kinds, known_day, new_facts = _CASE_STATUS, _KIND, dates.get, _new_facts
+    moment = datetime.fromisoformat
+    facts: list[CaseFacts] = []
+    undecided: list[int] = []  # positions in ``facts`` whose oldest candidate has payments
+    for case_id, status, paused, kind, country, region, tz, oldest, reachable in rows:
+        anchor = None
+        if oldest is not None:
+            anchor = known_day(oldest)
+            if anchor is None:
+                if oldest[-1] == "1":
+                    undecided.append(len(facts))
+                else:
+                    anchor = dates[oldest] = date.fromisoformat(oldest[:-1])
+        facts.append(
+            new_facts(
+                case_id,
+                statuses[status],
+                moment(paused) if paused else None,
+                anchor,
+                bool(reachable),
+                kinds[kind],
+                country,
+                region,
+                tz,
+            )
+        )
+    if undecided:
+        anchors = _paid_anchors(conn, [facts[i].id for i in undecided], dates)
+        for i in undecided:
+            found = anchors.get(facts[i].id)
+            if found is not None:
+                facts[i] = replace(facts[i], anchor=found)
+    return facts
+
+
+def _paid_anchors(
+    conn: sqlite3.Connection, case_ids: list[int], dates: dict[str, date]
+) -> dict[int, date]:
+    """The oldest unpaid due date of each of ``case_ids`` that owes anything, in Decimal."""
+    anchors: dict[int, date] = {}
+    for part in _chunks(case_ids, 500):
+        sql = _PAID_SQL.format(marks=", ".join("?" * len(part)))
+        for case_id, due, amount, paid in conn.execute(sql, tuple(part)):
+            owed = Decimal(amount) - sum(map(Decimal, paid.split()), ZERO) if paid else None
+            # As Invoice.is_paid: unpaid while the payments sum to less than the amount.
+            if (Decimal(amount) > ZERO) if owed is None else owed > ZERO:
+                day = _day(dates, due)
+                if case_id not in anchors or day < anchors[case_id]:
+                    anchors[case_id] = day
+    return anchors
 
 
 def _day(dates: dict[str, date], text: str) -> date:
