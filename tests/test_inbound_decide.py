@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from mailer.domain.classify import Classification, FailedRecipient, Intent, Kind, Reason
 from mailer.domain.blocking import SignalKind
+from mailer.domain.classify import Classification, FailedRecipient, Intent, Kind, Reason
 from mailer.domain.inbound import (
     Blocked,
     CaseFacts,
