@@ -25,7 +25,7 @@ from mailer.domain.models import (
     Step,
 )
 from mailer.domain.money import rate_on
-from mailer.domain.planner import CaseFacts, plan, plan_facts
+from mailer.domain.planner import PlanFacts, plan, plan_facts
 from mailer.domain.policy import effective_policy, profile_for
 from mailer.errors import ConfigError
 from mailer.ledger import parse_invoices, parse_payments
@@ -117,8 +117,8 @@ class App:
         calendar = self.calendar(case.debtor.country, case.debtor.region)
         return plan(case, self.campaign_for(case), history, calendar, now)
 
-    def plan_facts(self, facts: CaseFacts, history: list[HistoryEntry], now: datetime) -> Action:
-        """``plan`` from what a planning pass reads of a case (``store.cases.load_facts``)."""
+    def plan_facts(self, facts: PlanFacts, history: list[HistoryEntry], now: datetime) -> Action:
+        """``plan`` from what a planning pass reads of a case (``store.cases.load_plan_facts``)."""
         calendar = self.calendar(facts.country, facts.region)
         return plan_facts(facts, self.campaign_for_kind(facts.kind), history, calendar, now)
 

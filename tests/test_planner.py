@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -11,13 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.domain.calendar import HolidayCalendar, in_window
+from mailer.domain.calendar import HolidayCalendar, in_window, local_wall_to_utc, next_slot
+from mailer.domain.instalments import STEP_BASE
 from mailer.domain.models import (
     DEFAULT_PROFILES,
+    STEP_TAKEN_STATES,
+    ZERO,
+    Action,
     Campaign,
     Case,
     CaseStatus,
     Contact,
+    ContactStatus,
     Debtor,
     DebtorKind,
     HistoryEntry,
@@ -30,7 +37,7 @@ from mailer.domain.models import (
     SendStep,
     Step,
 )
-from mailer.domain.planner import plan, simulate
+from mailer.domain.planner import facts_of, plan, plan_facts, simulate
 from mailer.domain.policy import effective_policy
 
 MADRID = "Europe/Madrid"
@@ -389,3 +396,175 @@ def test_only_active_or_expired_pauses_send(
         assert action.at >= now
     elif isinstance(action, LookAgain):
         assert paused_until is not None and action.at == paused_until > now
+
+
+# --- planning from facts: the same answers as the planner before facts --------------------------
+
+
+def reference_plan(
+    case: Case,
+    campaign: Campaign,
+    history: Sequence[HistoryEntry],
+    calendar: HolidayCalendar,
+    now: datetime,
+) -> Action:
+    """``plan`` as it was before PlanFacts and its memo (verbatim, but for names): the oracle."""
+    if now.tzinfo is None:
+        raise ValueError(f"naive now {now}: pass aware UTC")
+    idle_reason = {
+        CaseStatus.RESOLVED: "resolved",
+        CaseStatus.STOPPED: "stopped",
+        CaseStatus.HANDED_OVER: "handed over",
+        CaseStatus.REVIEW: "waiting for review",
+        CaseStatus.INSTALMENTS: "on an instalment plan",
+    }.get(case.status)
+    if idle_reason is not None:
+        return Idle(idle_reason)
+    if case.status is CaseStatus.PAUSED:
+        if case.paused_until is None:
+            return Idle("paused until a person resumes it")
+        if case.paused_until > now:
+            return LookAgain(case.paused_until, "paused")
+    dues = [
+        invoice.due_date
+        for invoice in case.invoices
+        if (invoice.amount > ZERO if not invoice.payments else not invoice.is_paid)
+    ]
+    if not dues:
+        return Idle("paid")
+    if not any(contact.status is ContactStatus.ACTIVE for contact in case.debtor.contacts):
+        return Idle("no address may be mailed")
+    policy = campaign.policy
+    if policy.max_per_30_days < 1:
+        return Idle("the policy allows no messages")
+    taken = -1
+    times: list[datetime] = []
+    for entry in history:
+        if entry.state in STEP_TAKEN_STATES and taken < entry.step < STEP_BASE:
+            taken = entry.step
+        if entry.state is not MessageState.CANCELLED:
+            times.append(entry.at)
+    earliest = now
+    if times:
+        times.sort()
+        earliest = max(earliest, times[-1] + timedelta(days=policy.min_gap_days))
+        cap = policy.max_per_30_days
+        if len(times) >= cap:
+            earliest = max(earliest, times[-cap] + timedelta(days=30))
+    anchor = min(dues)
+    tz = case.debtor.timezone
+    tzinfo = ZoneInfo(tz)
+    earliest_day = earliest.astimezone(tzinfo).date()
+    for step in campaign.steps:
+        if step.index <= taken:
+            continue
+        courtesy = step.offset_days < 0
+        if courtesy and earliest_day >= anchor:
+            continue
+        step_day = calendar.add_business_days(anchor, step.offset_days)
+        start = earliest
+        if step_day >= earliest_day:
+            start = max(earliest, local_wall_to_utc(step_day, policy.window_start, tzinfo))
+        at = next_slot(start, tz, policy, calendar)
+        if courtesy and at.astimezone(tzinfo).date() >= anchor:
+            continue
+        return SendStep(step, at)
+    return Idle("campaign finished")
+
+
+def outcome(plan_fn: Callable[[], Action]) -> Action | tuple[str, str]:
+    """The answer, or what was raised, compared by type and message."""
+    try:
+        return plan_fn()
+    except (ValueError, OverflowError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@st.composite
+def any_cases(draw: st.DrawFn) -> Case:
+    """Cases in any state: payments partial, whole or in parts, addresses refused, pauses."""
+    country, region, tz = draw(st.sampled_from(PLACES))
+    statuses = st.sampled_from(list(ContactStatus))
+    contacts = tuple(
+        Contact(f"c{n}@x.example", draw(statuses))
+        for n in range(draw(st.integers(min_value=0, max_value=3)))
+    )
+    kind = draw(st.sampled_from(list(DebtorKind)))
+    debtor = Debtor("d", "D", kind, "es", country, region, tz, contacts)
+    invoices = []
+    for n in range(draw(st.integers(min_value=0, max_value=4))):
+        due = draw(st.dates(min_value=date(2025, 6, 1), max_value=date(2027, 6, 1)))
+        cents = draw(st.integers(min_value=0, max_value=500_00))
+        parts = draw(st.lists(st.integers(min_value=1, max_value=500_00), max_size=3))
+        payments = tuple(Payment(f"F-{n}", due, Decimal(p) / 100) for p in parts)
+        invoices.append(
+            Invoice(f"F-{n}", "d", "EUR", Decimal(cents) / 100, due - timedelta(30), due,
+                    payments=payments)
+        )  # fmt: skip
+    status = draw(st.sampled_from(list(CaseStatus)))
+    paused_until = None
+    if status is CaseStatus.PAUSED and draw(st.booleans()):
+        paused_until = draw(STARTS)
+    return Case(1, debtor, tuple(invoices), status, paused_until)
+
+
+@st.composite
+def histories(draw: st.DrawFn, around: datetime) -> list[HistoryEntry]:
+    steps = st.one_of(st.integers(min_value=0, max_value=8), st.sampled_from([STEP_BASE + 2]))
+    return [
+        HistoryEntry(
+            draw(steps),
+            around
+            + timedelta(minutes=draw(st.integers(min_value=-90 * 1440, max_value=20 * 1440))),
+            draw(st.sampled_from(list(MessageState))),
+        )
+        for _ in range(draw(st.integers(min_value=0, max_value=6)))
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=any_cases(), campaign=campaigns(), now=STARTS, data=st.data())
+def test_plan_answers_as_the_planner_before_facts(
+    case: Case, campaign: Campaign, now: datetime, data: st.DataObject
+) -> None:
+    cal = CALENDARS[case.debtor.country, case.debtor.region or ""]
+    history = data.draw(histories(now))
+    expected = outcome(lambda: reference_plan(case, campaign, history, cal, now))
+    assert outcome(lambda: plan(case, campaign, history, cal, now)) == expected
+    facts = facts_of(case)
+    assert outcome(lambda: plan_facts(facts, campaign, history, cal, now)) == expected
+    # Asked again (its answer remembered), and by an equal campaign that is another object.
+    assert outcome(lambda: plan_facts(facts, campaign, history, cal, now)) == expected
+    twin = replace(campaign, name="twin")
+    assert outcome(lambda: plan_facts(facts, twin, history, cal, now)) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=cases(), campaign=campaigns(), start=STARTS)
+def test_simulate_sends_what_the_planner_before_facts_sent(
+    case: Case, campaign: Campaign, start: datetime
+) -> None:
+    cal = CALENDARS[case.debtor.country, case.debtor.region or ""]
+    expected: list[tuple[datetime, Step]] = []
+    known: list[HistoryEntry] = []
+    now = start
+    for _ in range(len(campaign.steps) + 2):
+        action = reference_plan(case, campaign, known, cal, now)
+        if isinstance(action, Idle) or action.at >= start + SPAN:
+            break
+        if isinstance(action, SendStep):
+            expected.append((action.at, action.step))
+            known.append(HistoryEntry(action.step.index, action.at, MessageState.SENT))
+        now = max(now, action.at)
+    assert simulate(case, campaign, (), cal, start, start + SPAN) == expected
+
+
+def test_a_changed_campaign_is_never_answered_from_memory() -> None:
+    case = make_case(invoice("F-1", DUE))
+    first = plan(case, CAMPAIGN, (), ES_MD, NOW)
+    assert first == SendStep(STEPS[1], NOW)
+    # The same question with a campaign whose steps differ: a new answer, not the kept one.
+    later = replace(CAMPAIGN, steps=tuple(replace(s, offset_days=s.offset_days + 5) for s in STEPS))
+    assert plan(case, later, (), ES_MD, NOW) == reference_plan(case, later, (), ES_MD, NOW)
+    assert plan(case, later, (), ES_MD, NOW) != first
+    assert plan(case, CAMPAIGN, (), ES_MD, NOW) == first

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from zoneinfo import ZoneInfo
+from typing import NamedTuple
 
 from mailer.domain.calendar import (
     ONE_DAY,
@@ -28,12 +27,13 @@ from mailer.domain.models import (
     Idle,
     LookAgain,
     MessageState,
-    Policy,
     SendStep,
     Step,
 )
+from mailer.slots import slot_constructor
 
 CAP_PERIOD = ONE_DAY * 30
+_send_step = slot_constructor(SendStep)  # one per case in a pass, at half the cost
 
 # Enum members looked up on their class cost ~0.1 µs each in Python 3.11: plan reads these often.
 _PAUSED = CaseStatus.PAUSED
@@ -50,12 +50,13 @@ _IDLE_STATUSES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class CaseFacts:
+class PlanFacts(NamedTuple):
     """All the planner reads of a case: one narrow row, where a Case holds every invoice.
 
-    ``mailer.store.cases.load_facts`` reads these with SQLite doing the sums; ``facts_of``
-    derives them from a loaded Case. Both give equal facts for the same stored case.
+    ``mailer.store.cases.load_plan_facts`` reads these with SQLite doing the sums; ``facts_of``
+    derives them from a loaded Case. Both give equal facts for the same stored case. A named
+    tuple, not a dataclass: a planning pass builds one per case, and ``_make`` builds it at a
+    quarter of a frozen dataclass's cost.
     """
 
     id: int
@@ -69,7 +70,7 @@ class CaseFacts:
     timezone: str  # IANA: the sending window is the debtor's local time
 
 
-def facts_of(case: Case) -> CaseFacts:
+def facts_of(case: Case) -> PlanFacts:
     """What ``plan`` needs of ``case``."""
     debtor = case.debtor
     # An invoice is unpaid while its payments sum to less than its amount; most have none.
@@ -78,7 +79,7 @@ def facts_of(case: Case) -> CaseFacts:
         for invoice in case.invoices
         if (invoice.amount > ZERO if not invoice.payments else not invoice.is_paid)
     ]
-    return CaseFacts(
+    return PlanFacts(
         case.id,
         case.status,
         case.paused_until,
@@ -103,7 +104,7 @@ def plan(
 
 
 def plan_facts(
-    facts: CaseFacts,
+    facts: PlanFacts,
     campaign: Campaign,
     history: Sequence[HistoryEntry],
     calendar: HolidayCalendar,
@@ -170,112 +171,72 @@ def plan_facts(
                 # old.
                 earliest = max(earliest, times[-cap] + CAP_PERIOD)
 
-    tz = facts.timezone
+    return _next_send(campaign, calendar, facts.timezone, anchor, taken, earliest)
+
+
+# The step that goes next and when depend only on these six values, and the cases of a pass
+# share them: most have no message waiting out its gap, so ``earliest`` is ``now``, and a ledger
+# has few anchor due dates, places and campaigns. So each answer is kept (SendStep and Idle are
+# frozen: one object serves every case that asks). Keyed by the identity of the campaign and
+# calendar, since hashing a campaign costs more than planning a case; each entry holds both, so
+# neither can be freed and its id reused while the entry lives. Cleared whole when full.
+_NextKey = tuple[int, int, str, date, int, datetime]
+_NEXT: dict[_NextKey, tuple[Campaign, HolidayCalendar, SendStep | Idle]] = {}
+_NEXT_MAX = 1 << 15
+
+
+def _next_send(
+    campaign: Campaign,
+    calendar: HolidayCalendar,
+    tz: str,
+    anchor: date,
+    taken: int,
+    earliest: datetime,
+) -> SendStep | Idle:
+    """``_first_send``, remembered."""
+    key = (id(campaign), id(calendar), tz, anchor, taken, earliest)
+    found = _NEXT.get(key)
+    if found is not None and found[0] is campaign and found[1] is calendar:
+        return found[2]
+    action = _first_send(campaign, calendar, tz, anchor, taken, earliest)
+    if len(_NEXT) >= _NEXT_MAX:
+        _NEXT.clear()
+    _NEXT[key] = (campaign, calendar, action)
+    return action
+
+
+def _first_send(
+    campaign: Campaign,
+    calendar: HolidayCalendar,
+    tz: str,
+    anchor: date,
+    taken: int,
+    earliest: datetime,
+) -> SendStep | Idle:
+    """The first step after ``taken`` with its slot at or after ``earliest`` (equal instants
+    give equal answers), or Idle when none is left."""
+    policy = campaign.policy
     tzinfo = zone(tz)
     earliest_day = earliest.astimezone(tzinfo).date()
-    for step, row in _step_rows(campaign, calendar, tz, tzinfo, anchor):
+    for step in campaign.steps:
         if step.index <= taken:
             continue
         courtesy = step.offset_days < 0
         if courtesy and earliest_day >= anchor:
             continue
-        at_day: date | None = None
-        if row is None:
-            at = _step_slot(step, anchor, earliest, earliest_day, campaign, calendar, tz, tzinfo)
-        else:
-            step_day, opening, opening_day = row
-            if step_day < earliest_day or opening < earliest:
-                # Only a step day on or after ``earliest``'s can make its own time the later.
-                at = _slot_from(earliest, tz, policy, calendar)
-            elif opening_day is not None:
-                at, at_day = opening, opening_day  # the step's own time is a slot
-            else:
-                at = next_slot(opening, tz, policy, calendar)
-        if courtesy and (at_day or at.astimezone(tzinfo).date()) >= anchor:
+        step_day = calendar.add_business_days(anchor, step.offset_days)
+        start = earliest
+        if step_day >= earliest_day:
+            # Only then can the step's own time be later than ``earliest``: skip the conversion.
+            start = max(earliest, local_wall_to_utc(step_day, policy.window_start, tzinfo))
+        at = next_slot(start, tz, policy, calendar)
+        if courtesy and at.astimezone(tzinfo).date() >= anchor:
             continue
-        return SendStep(step, at)
-    return Idle("campaign finished")
+        return _send_step(step, at)
+    return _FINISHED
 
 
-# The last slot found from ``earliest`` per (policy, calendar, zone): every case without
-# history starts from ``now``, so a planning pass asks the same question over and over.
-# Identity keys, as for _STEP_ROWS below.
-_LAST_SLOT: dict[tuple[int, int, str], tuple[Policy, HolidayCalendar, datetime, datetime]] = {}
-
-
-def _slot_from(earliest: datetime, tz: str, policy: Policy, calendar: HolidayCalendar) -> datetime:
-    """``next_slot(earliest, tz, policy, calendar)``, remembered for the next equal question."""
-    key = (id(policy), id(calendar), tz)
-    last = _LAST_SLOT.get(key)
-    if last is not None and last[2] == earliest and last[0] is policy and last[1] is calendar:
-        return last[3]
-    at = next_slot(earliest, tz, policy, calendar)
-    if len(_LAST_SLOT) >= _STEP_ROWS_MAX:
-        _LAST_SLOT.clear()
-    _LAST_SLOT[key] = (policy, calendar, earliest, at)
-    return at
-
-
-def _step_slot(
-    step: Step,
-    anchor: date,
-    earliest: datetime,
-    earliest_day: date,
-    campaign: Campaign,
-    calendar: HolidayCalendar,
-    tz: str,
-    tzinfo: ZoneInfo,
-) -> datetime:
-    """The first slot for ``step`` at or after ``earliest``, computed from scratch."""
-    policy = campaign.policy
-    step_day = calendar.add_business_days(anchor, step.offset_days)
-    start = earliest
-    if step_day >= earliest_day:
-        # Only then can the step's own time be later than ``earliest``: skip the conversion.
-        start = max(earliest, local_wall_to_utc(step_day, policy.window_start, tzinfo))
-    return next_slot(start, tz, policy, calendar)
-
-
-# Per step: its day, its window opening that day and, if that opening is a slot, its local day.
-# They depend on the campaign, the place and the anchor due date, not on the case's history or
-# ``now``, and a ledger's cases share few of those: computed once per (campaign, calendar,
-# zone, anchor). Keyed by the identity of the campaign and calendar (hashing a campaign costs
-# more than planning a case); each entry holds both, so neither can be freed and its id reused
-# while the entry lives. Cleared whole when full.
-_StepRow = tuple[Step, tuple[date, datetime, date | None] | None]
-_STEP_ROWS: dict[tuple[int, int, str, date], tuple[Campaign, HolidayCalendar, list[_StepRow]]]
-_STEP_ROWS = {}
-_STEP_ROWS_MAX = 1 << 14
-
-
-def _step_rows(
-    campaign: Campaign, calendar: HolidayCalendar, tz: str, tzinfo: ZoneInfo, anchor: date
-) -> list[_StepRow]:
-    """One row per step of ``campaign``; None where a value cannot be computed ahead (a date
-    out of range, a policy that never sends): the caller then computes it as it comes, and
-    fails where and only where that fails."""
-    key = (id(campaign), id(calendar), tz, anchor)
-    found = _STEP_ROWS.get(key)
-    if found is not None and found[0] is campaign and found[1] is calendar:
-        return found[2]
-    policy = campaign.policy
-    rows: list[_StepRow] = []
-    for step in campaign.steps:
-        try:
-            day = calendar.add_business_days(anchor, step.offset_days)
-            opening = local_wall_to_utc(day, policy.window_start, tzinfo)
-        except (ValueError, OverflowError):
-            rows.append((step, None))
-            continue
-        try:
-            is_slot = next_slot(opening, tz, policy, calendar) == opening
-        except (ValueError, OverflowError):
-            is_slot = False  # next_slot, called for the case, fails as it would have
-        rows.append((step, (day, opening, opening.astimezone(tzinfo).date() if is_slot else None)))
-    if len(_STEP_ROWS) >= _STEP_ROWS_MAX:
-        _STEP_ROWS.clear()
-    _STEP_ROWS[key] = (campaign, calendar, rows)
-    return rows
+_FINISHED = Idle("campaign finished")
 
 
 def simulate(

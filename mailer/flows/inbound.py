@@ -152,14 +152,17 @@ class Inbound:
                 log.warning("%s/%s: UIDVALIDITY changed, resyncing", identity, folder)
             uids = await asyncio.to_thread(box.uids_since, folder, since)
             last = max(uidnext - 1, 0)
+        saved = None
         for start in range(0, len(uids), CHUNK):
             if stop():
                 return  # the checkpoint stays at the last whole chunk: nothing is skipped
             chunk = uids[start : start + CHUNK]
-            await self._chunk(identity, folder, validity, chunk, box, now, report)
             last = max(last, chunk[-1])
+            if not await self._chunk(identity, folder, validity, chunk, box, now, report, last):
+                store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
+            saved = last
+        if saved != last:
             store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
-        store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
 
     async def _chunk(
         self,
@@ -170,7 +173,10 @@ class Inbound:
         box: MailboxReader,
         now: datetime,
         report: InboundReport,
-    ) -> None:
+        checkpoint: int,
+    ) -> bool:
+        """Read and record one chunk; True if the folder's checkpoint moved to ``checkpoint``
+        in the same commit (else the caller moves it, once the chunk is committed)."""
         headers = await asyncio.to_thread(box.fetch_headers, folder, uids)
         report.examined += len(headers)
         parsed: dict[int, Headers | None] = {}
@@ -192,26 +198,34 @@ class Inbound:
             if h is None or screen(h, ours, contacts) in (Relevance.RELATED, Relevance.CANDIDATE)
         ]
         if not wanted:
-            return
+            return False
         bodies = await asyncio.to_thread(box.fetch_messages, folder, sorted(wanted))
         items = [(uid, bodies[uid], parsed[uid] is not None) for uid in sorted(bodies)]
-        for outcome in self.process_many(identity, folder, validity, items, now):
+        target = self.app.settings.inbound.move_bounces_to
+        # The checkpoint passes the chunk in the chunk's own commit: one fsync, not two. With
+        # reports to move it waits for the move, so a crash before the move reads them again
+        # (recognised by their hash) and moves them then.
+        outcomes = self.process_many(
+            identity, folder, validity, items, now, checkpoint=None if target else checkpoint
+        )
+        for outcome in outcomes:
             if outcome == "stored":
                 report.stored += 1
             elif outcome == "quarantined":
                 report.quarantined += 1
             elif outcome == "duplicate":
                 report.duplicates += 1
-        target = self.app.settings.inbound.move_bounces_to
         if target:
             # Opt-in tidying, after the chunk is committed: a crash before the move leaves the
             # report where it was (and recognised by its hash if read again).
+            digests = {uid: hashlib.sha256(raw).hexdigest() for uid, raw in bodies.items()}
             handled = store_inbound.handled_bounces(
-                self.app.store, identity, folder, validity, sorted(bodies)
+                self.app.store, identity, folder, validity, digests
             )
             if handled:
                 moved = await asyncio.to_thread(box.move_messages, folder, handled, target)
                 report.moved += moved
+        return not target
 
     def process_many(
         self,
@@ -220,23 +234,27 @@ class Inbound:
         validity: int | None,
         items: Sequence[tuple[int | None, bytes, bool]],
         now: datetime,
+        *,
+        checkpoint: int | None = None,
     ) -> list[str]:
         """``process`` for a chunk of (uid, raw, readable), committed together: one fsync per
         chunk, not per message. One message that fails is rolled back alone and quarantined,
-        and the rest of the chunk stands.
+        and the rest of the chunk stands. With ``checkpoint`` (and ``validity``), the folder's
+        checkpoint moves there in the same commit.
 
         The messages are classified before the write lock is taken (classifying is pure), and
-        what the chunk needs from the store is read once. The chunk is recorded in one savepoint;
-        only if a message fails is it rolled back and recorded again one message at a time,
-        each in a savepoint of its own, as every chunk was before: the same outcome for one
-        savepoint a chunk instead of one a message.
+        what the chunk needs from the store is read once. The chunk is recorded in one savepoint,
+        its events written together at the end (same ids, hashes and order); only if a message
+        fails is it all rolled back and recorded again one message at a time, each in a
+        savepoint of its own, as every chunk was before: the same outcome for one savepoint a
+        chunk instead of one a message.
         """
         store = self.app.store
         rules = self.rules
         read = [(uid, raw, readable, *_read(raw, now)) for uid, raw, readable in items]
         with store.transaction():
             try:
-                with store.savepoint():
+                with store.savepoint(), store.batched_events():
                     known = _Known.load(store, read)
                     done = [
                         self._record(identity, folder, validity, uid, raw, digest, c, readable,
@@ -259,6 +277,8 @@ class Inbound:
                         self._quarantine(identity, folder, validity, uid, raw, None, repr(exc), now)
                         known.digests.add(digest)
                         done.append(("quarantined", None, repr(exc)))
+            if checkpoint is not None and validity is not None:
+                store_inbound.save_checkpoint(store, identity, folder, validity, checkpoint, now)
         # Logged once the chunk stands: a chunk recorded again logs each message once.
         for (uid, _raw, _readable, _digest, c), (outcome, case_id, why) in zip(
             read, done, strict=True
@@ -354,15 +374,26 @@ class Inbound:
                 case_id=facts.case_id,
                 message_id=found.message.row_id if found.message else None,
             )
-            if c.kind in (Kind.HUMAN_REPLY, Kind.AUTOREPLY) and c.from_address:
+            fresh = True  # facts still say what the store says (their reading is skipped)
+            if (
+                c.kind in (Kind.HUMAN_REPLY, Kind.AUTOREPLY)
+                and c.from_address
+                and c.from_address.lower() in known.soft_bounced
+            ):
                 # Proof the address receives mail: soft bounces were not "in a row".
                 store.conn.execute(
-                    "UPDATE contacts SET soft_bounces = 0 WHERE address = ? AND soft_bounces != 0",
-                    (c.from_address,),
+                    "UPDATE contacts SET soft_bounces = 0 WHERE address = ?", (c.from_address,)
                 )
+                fresh = False
             self._signal(c, facts.case_id, found.message, now)
             for effect in effects:
-                self.apply_effect(effect, facts, now, identity=identity, inbound_id=row)
+                self.apply_effect(
+                    effect, facts, now, identity=identity, inbound_id=row, fresh=fresh
+                )
+                if isinstance(effect, SoftBounce):
+                    known.soft_bounced.add(effect.address.lower())
+                # Only a review item or a note leaves the facts as they were.
+                fresh = fresh and isinstance(effect, (Queue, Note))
         known.digests.add(digest)
         if message_id is not None:
             known.message_ids.add(message_id)
@@ -443,16 +474,19 @@ class Inbound:
         identity: str,
         inbound_id: int | None = None,
         source: str = "dsn",
+        fresh: bool = False,
     ) -> None:
         """Carry out one decided effect on the case (in the caller's transaction).
 
         ``identity`` is the mailbox the news came through (the sender, when the message it is
-        about is unknown); ``source`` says how a refusal was seen: "dsn" or "smtp".
+        about is unknown); ``source`` says how a refusal was seen: "dsn" or "smtp". ``fresh``
+        says ``facts`` were read in this transaction and nothing changed the case since, so
+        they need not be read again.
         """
         store = self.app.store
         case_id = facts.case_id
         if isinstance(effect, Pause):
-            current = store_inbound.case_facts(store, case_id)
+            current = facts if fresh else store_inbound.case_facts(store, case_id)
             assert current is not None
             change = stricter_pause(current.status, current.paused_until, effect)
             if change is None:
@@ -465,7 +499,7 @@ class Inbound:
             set_case_status(store, case_id, status, now, "mailer", effect.reason[:500], until)
             outbox.cancel_pending(store, case_id, now, {"reason": f"case paused: {effect.reason}"})
         elif isinstance(effect, ToReview):
-            current = store_inbound.case_facts(store, case_id)
+            current = facts if fresh else store_inbound.case_facts(store, case_id)
             assert current is not None
             if current.status in (
                 CaseStatus.ACTIVE,
@@ -519,7 +553,8 @@ class Inbound:
         elif isinstance(effect, Blocked):
             sender = effect.message.identity if effect.message else identity
             signal = Signal(now, effect.kind, sender, effect.address, source, effect.why)
-            Failover(self.app).observe(case_id, signal, effect.message, now)
+            with store.unbatched():  # the failover reads earlier verdicts from the events
+                Failover(self.app).observe(case_id, signal, effect.message, now)
         elif isinstance(effect, Note):
             store.append_event(now, "mail_noted", {"note": effect.what[:500]}, case_id=case_id)
 
@@ -610,6 +645,9 @@ class _Known:
     message_ids: set[str]  # of mail on file (dedupe by Message-ID)
     sent: dict[str, SentRef]  # our messages the chunk cites
     contacts: dict[str, int]  # debtor addresses of the chunk → case
+    # Senders of the chunk (lower case) with soft bounces counted: the only addresses whose
+    # count an answer has to reset.
+    soft_bounced: set[str]
 
     @classmethod
     def load(
@@ -620,9 +658,15 @@ class _Known:
             store, [digest for *_, digest, _c in read], [c.message_id for c in classified]
         )
         sent = store_inbound.sent_refs(store, [ref for c in classified for ref in cited_ids(c)])
-        addresses = [r.address for c in classified for r in c.recipients]
-        addresses += [c.from_address for c in classified if c.from_address]
-        return cls(digests, message_ids, sent, store_inbound.contact_cases(store, addresses))
+        senders = [c.from_address for c in classified if c.from_address]
+        addresses = [r.address for c in classified for r in c.recipients] + senders
+        return cls(
+            digests,
+            message_ids,
+            sent,
+            store_inbound.contact_cases(store, addresses),
+            store_inbound.soft_bounced(store, senders),
+        )
 
 
 def _log_outcome(

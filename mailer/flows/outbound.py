@@ -29,7 +29,7 @@ from mailer.domain.models import (
     SendStep,
 )
 from mailer.domain.outbox import retry_at
-from mailer.domain.planner import CaseFacts
+from mailer.domain.planner import PlanFacts
 from mailer.errors import (
     AmbiguousDeliveryError,
     IdentityUnavailableError,
@@ -44,7 +44,7 @@ from mailer.flows.stage import stage
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
-from mailer.store.cases import load_cases, load_facts, load_history
+from mailer.store.cases import load_cases, load_history, load_plan_facts
 from mailer.store.db import canonical, iso
 from mailer.transports.base import DeliveryRefusedError, RecipientRefusal, Transport
 
@@ -99,7 +99,7 @@ class Outbound:
     def plan_due(self, now: datetime, report: TickReport) -> None:
         """Plan every open case whose next look is due; enqueue what is due now.
 
-        Planning reads each case's facts (``load_facts``: one narrow row, SQLite doing the
+        Planning reads each case's facts (``load_plan_facts``: one narrow row, SQLite doing the
         sums); the whole Case, which rendering and the failover need, is loaded only for the
         cases with a step due now. A pass takes at most ``batch * 10`` cases, in id order from
         where the last pass stopped, so that cases waiting with low ids (idle ones are looked
@@ -123,7 +123,7 @@ class Outbound:
         looks = {r[0]: r[2] for r in rows}
         ids = list(identities)
         history = load_history(store, ids)
-        facts = load_facts(store, ids)
+        facts = load_plan_facts(store, ids)
         engaged = store_blocking.engaged_cases(store, ids)
         # One transaction (one fsync) per PLAN_CHUNK cases instead of two per case; a savepoint
         # keeps each case's writes all-or-nothing. A crash loses only plans of unsent messages,
@@ -157,7 +157,7 @@ class Outbound:
                         self._next_look(f.id, now + timedelta(hours=1))
 
     def _decide(
-        self, facts: CaseFacts, history: list[HistoryEntry], now: datetime
+        self, facts: PlanFacts, history: list[HistoryEntry], now: datetime
     ) -> Action | Exception:
         """The planner's answer, or what it raised: raised again where the case is handled."""
         try:
@@ -174,7 +174,7 @@ class Outbound:
 
     def _plan_case(
         self,
-        facts: CaseFacts,
+        facts: PlanFacts,
         action: Action | Exception,
         case: Case | None,
         identity_name: str | None,
@@ -191,7 +191,8 @@ class Outbound:
         if facts.status is CaseStatus.PAUSED and facts.paused_until and facts.paused_until <= now:
             with store.transaction() as conn:
                 conn.execute(
-                    "UPDATE cases SET status = 'active', paused_until = NULL WHERE id = ?",
+                    "UPDATE cases SET status = 'active', paused_until = NULL, status_reason = NULL"
+                    " WHERE id = ?",
                     (facts.id,),
                 )
                 store.append_event(now, "case_resumed", {"reason": "pause ended"}, case_id=facts.id)
@@ -210,9 +211,10 @@ class Outbound:
                 report.planned += 1
             self._next_look(facts.id, now)  # look again: the next step's time depends on this one
             return
-        # idle (None) until an import, a reply or a person acts
+        # A later step or the end of a pause: look again then. Idle: None, until an import, a
+        # reply or a person acts. Most passes change nothing, and then write nothing.
         at = action.at if isinstance(action, SendStep | LookAgain) else None
-        if (iso(at) if at else None) != look:  # most passes change nothing: no write then
+        if (iso(at) if at else None) != look:
             self._next_look(facts.id, at)
 
     def enqueue(

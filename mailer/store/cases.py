@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,7 +23,7 @@ from mailer.domain.models import (
     MessageState,
     Payment,
 )
-from mailer.domain.planner import CaseFacts
+from mailer.domain.planner import PlanFacts
 from mailer.ledger import collector_paused
 from mailer.slots import slot_constructor
 from mailer.store.db import EventItem, Store, iso
@@ -297,25 +296,28 @@ def _build_chunk(
 
 # --- facts: what a planning pass reads ---------------------------------------------------------
 
-# One narrow row per case; SQLite walks each debtor's invoices and contacts in C. Each invoice
-# gives ``due_date || tag``: tag '0' when it is unpaid, NULL when paid, '1' when SQLite cannot
-# tell exactly. The least such text is the oldest unpaid invoice ('0' sorts first on equal
-# dates); if it is a '1', that case's invoices are decided again in Python, in Decimal. Money
-# is decimal text ("1210.00", always two decimals: mailer.money.parse_amount): it is compared
-# in whole cents, as integers, never as floats. Text of another shape, or too long for a sum
-# of integers to hold, gets a '1'.
+# One narrow row per case; SQLite walks each debtor's invoices and contacts in C (indexes
+# invoices_debtor_due and contacts_debtor_status, schema 6). An invoice's tag is '0' when it is
+# unpaid, NULL when paid, '1' when SQLite cannot tell exactly. The debtor's invoices are walked
+# oldest first up to the first with a tag: a '0' gives the anchor due date; for a '1' that
+# case's invoices are decided again in Python, in Decimal. Money is decimal text ("1210.00",
+# always two decimals: it comes from mailer.domain.money.parse_amount) and is compared in whole
+# cents, as integers, never as floats; text of another shape, or too long for a sum of integers
+# to hold, gets the '1'.
 _CANON = "({0} NOT GLOB '*[^0-9.]*' AND instr({0}, '.') = length({0}) - 2 AND length({0}) <= 15)"
 _CENTS = "CAST(replace({0}, '.', '') AS INTEGER)"
-_FACTS_SQL = (
-    "SELECT c.id, c.status, c.paused_until, d.kind, d.country, d.region, d.timezone,"
-    " (SELECT min(i.due_date || CASE"
-    " WHEN NOT EXISTS (SELECT 1 FROM payments p WHERE p.invoice_number = i.number)"
+_TAG = (
+    "CASE WHEN NOT EXISTS (SELECT 1 FROM payments p WHERE p.invoice_number = i.number)"
     " THEN CASE WHEN CAST(i.amount AS REAL) > 0 THEN '0' END"
     " ELSE (SELECT CASE"
     f" WHEN NOT {_CANON.format('i.amount')} OR NOT min({_CANON.format('p.amount')}) THEN '1'"
     f" WHEN {_CENTS.format('i.amount')} > sum({_CENTS.format('p.amount')}) THEN '0' END"
-    " FROM payments p WHERE p.invoice_number = i.number) END)"
-    " FROM invoices i WHERE i.debtor_id = c.debtor_id),"
+    " FROM payments p WHERE p.invoice_number = i.number) END"
+)
+FACTS_SQL = (
+    "SELECT c.id, c.status, c.paused_until, d.kind, d.country, d.region, d.timezone,"
+    f" (SELECT i.due_date || ({_TAG}) FROM invoices i WHERE i.debtor_id = c.debtor_id"
+    f" AND ({_TAG}) IS NOT NULL ORDER BY i.due_date LIMIT 1),"
     " EXISTS (SELECT 1 FROM contacts t WHERE t.debtor_id = c.debtor_id AND t.position >= 0"
     " AND t.status = 'active')"
     " FROM cases c JOIN debtors d ON d.id = c.debtor_id WHERE {where} ORDER BY c.id"
@@ -325,16 +327,16 @@ _PAID_SQL = (
     " WHERE p.invoice_number = i.number) FROM cases c JOIN invoices i ON i.debtor_id = c.debtor_id"
     " WHERE c.id IN ({marks})"
 )
-_new_facts = slot_constructor(CaseFacts)
+_new_facts = PlanFacts._make
 
 
-def load_facts(
+def load_plan_facts(
     store: Store,
     case_ids: Iterable[int] | None = None,
     *,
     include_closed: bool = False,
     chunk: int = 2000,
-) -> Iterator[CaseFacts]:
+) -> Iterator[PlanFacts]:
     """What the planner needs of each case (``planner.facts_of`` of the loaded Case, exactly).
 
     Chosen as ``load_cases`` chooses, in the same order, a chunk at a time: without
@@ -348,11 +350,11 @@ def load_facts(
 
 def _facts_chunk(
     conn: sqlite3.Connection, where: str, args: tuple[int, ...], dates: dict[str, date]
-) -> list[CaseFacts]:
-    rows = conn.execute(_FACTS_SQL.format(where=where), args).fetchall()
+) -> list[PlanFacts]:
+    rows = conn.execute(FACTS_SQL.format(where=where), args).fetchall()
     statuses, kinds, known_day, new_facts = _CASE_STATUS, _KIND, dates.get, _new_facts
     moment = datetime.fromisoformat
-    facts: list[CaseFacts] = []
+    facts: list[PlanFacts] = []
     undecided: list[int] = []  # positions in ``facts`` whose oldest candidate has payments
     for case_id, status, paused, kind, country, region, tz, oldest, reachable in rows:
         anchor = None
@@ -365,15 +367,17 @@ def _facts_chunk(
                     anchor = dates[oldest] = date.fromisoformat(oldest[:-1])
         facts.append(
             new_facts(
-                case_id,
-                statuses[status],
-                moment(paused) if paused else None,
-                anchor,
-                bool(reachable),
-                kinds[kind],
-                country,
-                region,
-                tz,
+                (
+                    case_id,
+                    statuses[status],
+                    moment(paused) if paused else None,
+                    anchor,
+                    bool(reachable),
+                    kinds[kind],
+                    country,
+                    region,
+                    tz,
+                )
             )
         )
     if undecided:
@@ -381,7 +385,7 @@ def _facts_chunk(
         for i in undecided:
             found = anchors.get(facts[i].id)
             if found is not None:
-                facts[i] = replace(facts[i], anchor=found)
+                facts[i] = facts[i]._replace(anchor=found)
     return facts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -23,12 +24,15 @@ __all__ = ["GENESIS", "EventItem", "Store", "canonical", "event_hash", "iso"]
 EventItem = tuple[str, dict[str, Any], int | None, int | None, str | None]
 
 
+@functools.lru_cache(maxsize=256)  # a pass stamps every row and event with the same `now`
 def iso(moment: datetime) -> str:
     """Aware datetimes are stored as UTC ISO 8601 text, which sorts as time."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: mailer stores aware UTC times only")
     return moment.astimezone(UTC).isoformat(timespec="seconds")
 
+
+_STORED_BELOW = 1024  # bytes; see compress
 
 # One encoder for every event: json.dumps with options builds a new one per call.
 _CANONICAL = json.JSONEncoder(
@@ -42,16 +46,47 @@ def canonical(data: Any) -> str:
 
 
 def compress(data: bytes) -> bytes:
-    """A zlib stream (what ``zlib.decompress`` reads) with a window no larger than ``data``.
+    """A zlib stream (what ``zlib.decompress`` reads), compressed unless ``data`` is small.
 
     ``zlib.compress`` always sets up a 32 KiB window and ~256 KiB of state; for the usual mail of
     a few KiB that setup, and the page faults of memory malloc hands back to the system after
     each call, cost more than the compression (~65 µs against ~7 µs for 1 KiB). A window as
-    large as the data finds every match the full one would.
+    large as the data finds every match the full one would. Below ``_STORED_BELOW`` deflating
+    costs ~25 µs to save a few hundred bytes: such data goes in stored (uncompressed) blocks.
     """
     wbits = max(9, min(15, (len(data) - 1).bit_length()))
-    packer = zlib.compressobj(6, zlib.DEFLATED, wbits, max(1, min(8, wbits - 6)))
+    level = 6 if len(data) >= _STORED_BELOW else 0
+    packer = zlib.compressobj(level, zlib.DEFLATED, wbits, max(1, min(8, wbits - 6)))
     return packer.compress(data) + packer.flush()
+
+
+def _chain_rows(
+    at: datetime, items: list[EventItem], last: int, prev: str
+) -> tuple[list[tuple[Any, ...]], tuple[int, str]]:
+    """The rows of ``items`` following event ``last`` whose hash is ``prev``; the new tail."""
+    stamp = iso(at)
+    rows = []
+    for kind, data, case_id, message_id, debtor_id in items:
+        body = canonical(
+            {
+                "at": stamp,
+                "kind": kind,
+                "case_id": case_id,
+                "message_id": message_id,
+                "debtor_id": debtor_id,
+                "data": data,
+            }
+        )
+        body_sha = sha256_hex(body)
+        digest = event_hash(prev, body_sha)
+        # Ids given, not left to SQLite: the write lock is held, so last + 1 is free, and the
+        # caller learns the id without reading the table again.
+        last += 1
+        rows.append(
+            (last, stamp, kind, case_id, message_id, debtor_id, body, body_sha, prev, digest)
+        )
+        prev = digest
+    return rows, (last, prev)
 
 
 class Store:
@@ -60,6 +95,10 @@ class Store:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
         self.conn: sqlite3.Connection = db.conn
+        # While events are batched (``batched_events``): the rows not yet written, and the
+        # chain's last id and hash counting them (None: read them from the table).
+        self._pending: list[tuple[Any, ...]] | None = None
+        self._tail: tuple[int, str] | None = None
 
     @classmethod
     def open(cls, path: Path | str | None) -> Store:
@@ -102,12 +141,18 @@ class Store:
     def savepoint(self) -> Iterator[sqlite3.Connection]:
         """Inside a transaction: all of this block or none of it, the rest of it unharmed."""
         with self.transaction() as conn:
+            self._write_pending()  # what is batched so far stands whatever this block does
             conn.execute("SAVEPOINT item")
             try:
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK TO item")
                 conn.execute("RELEASE item")
+                if self._pending is not None:
+                    # Events batched inside the block go with it, and the chain's tail is the
+                    # table's again.
+                    self._pending.clear()
+                    self._tail = None
                 raise
             conn.execute("RELEASE item")
 
@@ -169,40 +214,71 @@ class Store:
 
     def _append(self, at: datetime, items: list[EventItem]) -> int:
         """Insert ``items`` after the chain's last event; the id of the last one inserted."""
+        if self._pending is not None and self._tail is not None:
+            # Batching (inside a transaction, see batched_events): the tail is known.
+            rows, self._tail = _chain_rows(at, items, *self._tail)
+            self._pending.extend(rows)
+            return self._tail[0]
         with self.transaction() as conn:
             row = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-            last, prev = (int(row[0]), row[1]) if row else (0, GENESIS)
-            stamp = iso(at)
-            rows = []
-            for kind, data, case_id, message_id, debtor_id in items:
-                body = canonical(
-                    {
-                        "at": stamp,
-                        "kind": kind,
-                        "case_id": case_id,
-                        "message_id": message_id,
-                        "debtor_id": debtor_id,
-                        "data": data,
-                    }
-                )
-                body_sha = sha256_hex(body)
-                digest = event_hash(prev, body_sha)
-                # Ids given, not left to SQLite: the write lock is held, so last + 1 is free,
-                # and the caller learns the id without reading the table again.
-                last += 1
-                rows.append(
-                    (last, stamp, kind, case_id, message_id, debtor_id, body, body_sha, prev,
-                     digest)
-                )  # fmt: skip
-                prev = digest
-            conn.executemany(
-                "INSERT INTO events (id, at, kind, case_id, message_id, debtor_id, body,"
-                " body_sha256, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        return last
+            rows, tail = _chain_rows(at, items, *((int(row[0]), row[1]) if row else (0, GENESIS)))
+            if self._pending is not None:
+                self._pending.extend(rows)
+                self._tail = tail
+            else:
+                self._insert_events(rows)
+        return tail[0]
+
+    def _insert_events(self, rows: list[tuple[Any, ...]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO events (id, at, kind, case_id, message_id, debtor_id, body, body_sha256,"
+            " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            self._insert_events(self._pending)
+            self._pending.clear()  # the tail stays: it is now the table's
+
+    @contextmanager
+    def batched_events(self) -> Iterator[None]:
+        """Inside a transaction: the events appended in this block are written together at its
+        end, in one statement, with the ids, hashes and order they would have had one by one.
+
+        Only for blocks that read no events from the table (they are not there until the end:
+        wrap such a part in ``unbatched``). A savepoint inside writes what is batched first,
+        and a savepoint rolled back takes its events with it. If the block raises, its batched
+        events are dropped: the caller's transaction or savepoint rolls the rest back.
+        """
+        if self._pending is not None:
+            yield  # already batching: the outer block writes them
+            return
+        if not self.conn.in_transaction:
+            raise RuntimeError("batched_events needs a transaction")
+        self._pending, self._tail = [], None
+        try:
+            yield
+            self._write_pending()
+        finally:
+            self._pending, self._tail = None, None
+
+    @contextmanager
+    def unbatched(self) -> Iterator[None]:
+        """Inside ``batched_events``: a part that reads events, with every event in the table."""
+        if self._pending is None:
+            yield
+            return
+        self._write_pending()
+        pending, self._pending = self._pending, None
+        try:
+            yield
+        finally:
+            # Events it appended went straight to the table: read the tail again.
+            self._pending, self._tail = pending, None
 
     def events(self, case_id: int | None = None) -> list[dict[str, Any]]:
+        self._write_pending()
         sql = "SELECT id, at, kind, case_id, message_id, debtor_id, body FROM events"
         args: tuple[Any, ...] = ()
         if case_id is not None:
@@ -229,6 +305,7 @@ class Store:
 
     def chain_break(self) -> ChainBreak | None:
         """The first event where the chain does not hold, with where and why."""
+        self._write_pending()
         return first_break(self.conn)
 
     # --- content-addressed raw messages -------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,15 +84,33 @@ def contact_cases(store: Store, addresses: Iterable[str]) -> dict[str, int]:
         )
         for address, case_id in rows:
             found[address] = int(case_id)  # the newest open case is written last
-    closed = [a for a in wanted if a not in found]  # debtors with no open case: rare
-    for chunk in _chunks(closed):
+    # The rest: addresses of no contact at all (report senders, strangers), and now and then a
+    # debtor whose cases are all closed. CROSS JOIN keeps SQLite to this order, contacts first:
+    # an address that is no contact reads no case.
+    rest = [a for a in wanted if a not in found]
+    for chunk in _chunks(rest):
         rows = store.conn.execute(
-            "SELECT lower(c.address), k.id FROM contacts c JOIN cases k ON k.debtor_id = c.debtor_id"
-            f" WHERE c.address IN ({', '.join('?' * len(chunk))}) ORDER BY k.id",
+            "SELECT lower(c.address), k.id FROM contacts c CROSS JOIN cases k"
+            f" ON k.debtor_id = c.debtor_id WHERE c.address IN ({', '.join('?' * len(chunk))})"
+            " ORDER BY k.id",
             tuple(chunk),
         )
         for address, case_id in rows:
             found[address] = int(case_id)  # the newest case is written last
+    return found
+
+
+def soft_bounced(store: Store, addresses: Iterable[str]) -> set[str]:
+    """Which of these contact addresses (lower case) have soft bounces counted."""
+    wanted = sorted({a.lower() for a in addresses if a})
+    found: set[str] = set()
+    for chunk in _chunks(wanted):
+        rows = store.conn.execute(
+            "SELECT address FROM contacts WHERE soft_bounces != 0"
+            f" AND address IN ({', '.join('?' * len(chunk))})",
+            tuple(chunk),
+        )
+        found.update(r[0].lower() for r in rows)  # Python's lower, as the callers look up
     return found
 
 
@@ -118,20 +136,25 @@ def case_facts(store: Store, case_id: int) -> CaseFacts | None:
 
 
 def handled_bounces(
-    store: Store, identity: str, folder: str, validity: int, uids: Sequence[int]
+    store: Store, identity: str, folder: str, validity: int, bodies: Mapping[int, str]
 ) -> list[int]:
-    """Which of these UIDs are bounce reports about our messages, stored and acted on."""
+    """Which of these UIDs (→ SHA-256 of the message fetched) are bounce reports about our
+    messages, stored and acted on. A UID's row, if any, holds that very message (UIDs are not
+    reused within a UIDVALIDITY), so it is looked up by its hash: indexed, where the UIDs are not.
+    """
     found: list[int] = []
-    for i in range(0, len(uids), 500):
-        chunk = list(uids[i : i + 500])
+    items = sorted(bodies.items())
+    for i in range(0, len(items), _CHUNK):
+        chunk = items[i : i + _CHUNK]
         found.extend(
             int(r[0])
             for r in store.conn.execute(
                 "SELECT uid FROM inbound WHERE identity = ? AND folder = ? AND uidvalidity = ?"
                 " AND state = 'handled' AND kind = 'bounce' AND related_message IS NOT NULL"
-                f" AND uid IN ({', '.join('?' * len(chunk))})",
-                (identity, folder, validity, *chunk),
+                f" AND raw_sha256 IN ({', '.join('?' * len(chunk))})",
+                (identity, folder, validity, *(digest for _uid, digest in chunk)),
             )
+            if r[0] is not None and int(r[0]) in bodies
         )
     return sorted(found)
 

@@ -35,6 +35,7 @@ _INVOICE_FIELDS = (
     "pdf_path",
     "payment_link",
 )
+_INVOICE_KEYS = ("number", *_INVOICE_FIELDS)  # an invoice_added event's data
 _DEBTOR_FIELDS = ("name", "kind", "lang", "country", "region", "timezone")
 
 
@@ -139,7 +140,8 @@ def _import_invoices(
         for invoice in _added_since(
             conn, "invoices", "number", _INVOICE_FIELDS, before["invoices"]
         ):
-            data = {"number": invoice[0], **dict(zip(_INVOICE_FIELDS, invoice[1:], strict=True))}
+            # One dict per event, straight from the row (300k of them in a big ledger).
+            data = dict(zip(_INVOICE_KEYS, invoice, strict=True))
             events.add(("invoice_added", data, None, None, invoice[1]))
         events.flush()
         conn.execute("DROP TABLE temp.import_changes")

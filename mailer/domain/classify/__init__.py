@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 from datetime import date
 from email.message import Message
 from typing import Any
@@ -250,10 +251,32 @@ def _references(head: mime.Headers) -> tuple[str, ...]:
     return tuple(ids)
 
 
+# The Date header as nearly every mail program writes it (RFC 5322 section 3.3), read directly;
+# anything else goes to email.utils, which gives the same day for these.
+_PLAIN_DATE = re.compile(
+    r"(?:[A-Z][a-z]{2}, )?([0-3]?\d) ([A-Z][a-z]{2}) ([1-9]\d{3}) (?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d)?"
+    r" [+-](?:[01]\d|2[0-3])[0-5]\d",
+    re.ASCII,
+)
+_MONTHS = {
+    m: n
+    for n, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+
+
 def _message_date(head: mime.Headers) -> date | None:
     value = head["Date"]
     if not value:
         return None
+    plain = _PLAIN_DATE.fullmatch(value)
+    if plain is not None and plain.group(2) in _MONTHS:
+        try:
+            # The day as written, in the writer's own offset, as parsedate_to_datetime(...).date().
+            return date(int(plain.group(3)), _MONTHS[plain.group(2)], int(plain.group(1)))
+        except ValueError:
+            pass  # no such day: left to email.utils, as any other odd date
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

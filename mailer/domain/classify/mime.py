@@ -75,8 +75,13 @@ class Headers:
         text = self._decoded.get(name)  # cached under the spelling asked for
         if text is None:
             found = self._raw.get(name.lower())
-            # What `msg.get` returns: compat32 wraps 8-bit values in a Header.
-            text = "" if found is None else _decode(compat32.header_fetch_parse(*found))
+            if found is None:
+                text = ""
+            elif isinstance(found[1], str) and found[1].isascii():
+                text = _decode(found[1])  # what compat32 gives back for a value without 8-bit bytes
+            else:
+                # What `msg.get` returns: compat32 wraps 8-bit values in a Header.
+                text = _decode(compat32.header_fetch_parse(*found))
             self._decoded[name] = text
         return text
 
