@@ -8,11 +8,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from mailer.flows.blocking import Failover
-from mailer.store.blocking import identity_counts
+from mailer.views import identity_rows
 
 if TYPE_CHECKING:
     from mailer.cli import Ctx
+
+_COUNTS = ("sent", "accepted", "bounced", "refused", "likely_blocks", "switched_away")
 
 
 @click.command()
@@ -21,27 +22,17 @@ def identities(obj: Ctx) -> None:
     """Per identity: sent, accepted, bounced, policy refusals, likely blocks, status."""
     console = Console(highlight=False)
     app = obj.app()
-    counts = identity_counts(app.store)
-    failover = Failover(app)
-    pool = app.settings.failover_pool()
     table = Table(title="Sender identities")
-    for column in ("identity", "address", "sent", "accepted", "bounced", "refused",
-                   "likely blocks", "switched away", "status"):  # fmt: skip
+    for column in ("identity", "address", *(c.replace("_", " ") for c in _COUNTS), "status"):
         table.add_column(column, overflow="fold")
-    for ident in app.settings.identities:
-        c = counts.get(ident.name)
-        health = failover.health(ident.name, obj.now)
+    for row in identity_rows(app.store, app.settings, obj.now):
+        health = row.health
         if health.problem:
             status = f"problem: {health.why}"
-        elif ident.name not in pool:
+        elif not row.in_pool:
             status = "ok (not in the failover pool)"
         else:
             status = "ok" if not health.refusing else f"ok ({health.why})"
-        table.add_row(
-            ident.name,
-            ident.address,
-            *(str(getattr(c, f, 0)) if c else "0" for f in (
-                "sent", "accepted", "bounced", "refused", "likely_blocks", "switched_away")),
-            status,
-        )  # fmt: skip
+        counts = (str(getattr(row.counts, f)) for f in _COUNTS)
+        table.add_row(row.name, row.address, *counts, status)
     console.print(table)

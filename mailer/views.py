@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from mailer.config import Settings
-from mailer.domain.blocking import Health, identity_health
+from mailer.domain.blocking import Health
 from mailer.domain.calendar import local_wall_to_utc, zone
 from mailer.domain.models import ZERO, Case
 from mailer.errors import MailerError
@@ -215,18 +215,14 @@ class IdentityRow:
 def identity_rows(store: Store, settings: Settings, now: datetime) -> list[IdentityRow]:
     """Every configured identity, with mailer/store/blocking.py's counts and verdict."""
     counts = store_blocking.identity_counts(store)
-    rules = settings.blocking
     pool = settings.failover_pool()
-    rows = []
-    for ident in settings.identities:
-        signals = store_blocking.identity_signals(store, ident.name, now - rules.problem_window)
-        rows.append(
-            IdentityRow(
-                ident.name,
-                ident.address,
-                counts.get(ident.name) or IdentityCounts(ident.name, 0, 0, 0, 0, 0, 0),
-                identity_health(ident.name, signals, rules, now),
-                ident.name in pool,
-            )
+    return [
+        IdentityRow(
+            ident.name,
+            ident.address,
+            counts.get(ident.name) or IdentityCounts(ident.name, 0, 0, 0, 0, 0, 0),
+            store_blocking.health(store, ident.name, settings.blocking, now),
+            ident.name in pool,
         )
-    return rows
+        for ident in settings.identities
+    ]

@@ -19,13 +19,12 @@ from mailer.domain.blocking import (
     Verdict,
     assess,
     decide,
-    identity_health,
 )
 from mailer.domain.inbound import SentRef
 from mailer.domain.instalments import STEP_BASE
 from mailer.domain.models import Case, CaseStatus
 from mailer.errors import NeedsReviewError
-from mailer.flows.staff import set_case_status
+from mailer.flows.staff import to_review
 from mailer.flows.stage import stage
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
@@ -125,11 +124,7 @@ class Failover:
         return decision
 
     def health(self, identity: str, now: datetime) -> Health:
-        rules = self.app.settings.blocking
-        signals = store_blocking.identity_signals(
-            self.app.store, identity, now - rules.problem_window
-        )
-        return identity_health(identity, signals, rules, now)
+        return store_blocking.health(self.app.store, identity, self.app.settings.blocking, now)
 
     # --- acting ---------------------------------------------------------------------------
 
@@ -191,14 +186,9 @@ class Failover:
         facts = store_inbound.case_facts(store, case_id)
         if facts is None:
             return
-        if facts.status in (CaseStatus.ACTIVE, CaseStatus.PAUSED, CaseStatus.INSTALMENTS):
-            set_case_status(store, case_id, CaseStatus.REVIEW, now, "mailer", reason[:500])
-        outbox.cancel_pending(store, case_id, now, {"reason": f"case to review: {reason[:200]}"})
+        to_review(store, case_id, facts.status, now, reason)
         text = f"Suggestion: {suggestion}." if suggestion else ""
-        review = store_inbound.open_review(store, case_id, None, reason[:500], None, text, now)
-        store.append_event(
-            now, "review_opened", {"review_id": review, "reason": reason[:500]}, case_id=case_id
-        )
+        store_inbound.open_review(store, case_id, None, reason[:500], None, text, now)
 
     def _again(
         self, case_id: int, refused: outbox.OutboxMessage, identity_name: str, now: datetime

@@ -42,7 +42,7 @@ from mailer.domain.inbound import (
 )
 from mailer.domain.models import CaseStatus, MessageState
 from mailer.flows.blocking import Failover
-from mailer.flows.staff import set_case_status
+from mailer.flows.staff import set_case_status, to_review
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
@@ -501,28 +501,11 @@ class Inbound:
         elif isinstance(effect, ToReview):
             current = facts if fresh else store_inbound.case_facts(store, case_id)
             assert current is not None
-            if current.status in (
-                CaseStatus.ACTIVE,
-                CaseStatus.PAUSED,
-                CaseStatus.REVIEW,
-                CaseStatus.INSTALMENTS,
-            ):
-                set_case_status(
-                    store, case_id, CaseStatus.REVIEW, now, "mailer", effect.reason[:500]
-                )
-            outbox.cancel_pending(
-                store, case_id, now, {"reason": f"case to review: {effect.reason}"}
-            )
+            to_review(store, case_id, current.status, now, effect.reason)
         elif isinstance(effect, Queue):
-            review = store_inbound.open_review(
+            store_inbound.open_review(
                 store, case_id, inbound_id, effect.reason,
                 effect.intent.value if effect.intent else None, effect.text, now,
-            )  # fmt: skip
-            store.append_event(
-                now, "review_opened",
-                {"review_id": review, "reason": effect.reason, "inbound_id": inbound_id,
-                 "intent": effect.intent.value if effect.intent else None},
-                case_id=case_id,
             )  # fmt: skip
         elif isinstance(effect, SetContact):
             store.conn.execute(

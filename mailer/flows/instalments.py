@@ -112,11 +112,7 @@ class Instalments:
             if cursor.rowcount != 1:
                 return  # a person or an import got there first
             store.append_event(now, "case_review", {"reason": reason[:500]}, case_id=case.id)
-            review = open_review(store, case.id, None, reason, None, "", now)
-            store.append_event(
-                now, "review_opened", {"review_id": review, "reason": reason[:500]},
-                case_id=case.id,
-            )  # fmt: skip
+            open_review(store, case.id, None, reason, None, "", now)
         log.info("case %s to review: %s", case.id, reason, extra={"case_id": case.id})
 
     def _record_error(self, case_id: int, now: datetime, exc: Exception) -> None:

@@ -3,41 +3,38 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
 from mailer.app import App
-from mailer.compose import new_message_id
 from mailer.config import MailchimpSettings, read_mailchimp_key
 from mailer.domain.blocking import Signal, SignalKind
-from mailer.domain.classify.model import Classification, FailedRecipient, Kind, Reason
 from mailer.domain.inbound import (
-    CaseFacts,
-    Effect,
-    InboundRules,
-    Note,
     Queue,
-    SentRef,
-    SetContact,
     ToReview,
-    bounce,
 )
-from mailer.domain.inbound import decide as decide_inbound
-from mailer.domain.models import ContactStatus, MessageState
-from mailer.flows.inbound import Inbound, readdress
+from mailer.domain.models import MessageState
+from mailer.flows.channel_news import (
+    complaint,
+    fallback_smtp,
+    falls_back,
+    hard_bounce,
+    observe,
+    soft_bounce,
+    unsubscribed,
+)
 from mailer.flows.mailchimp import CHANNEL, MailchimpChannel, call, parse_time, reconcile
 from mailer.flows.outbound import TickReport
 from mailer.store import blocking as store_blocking
-from mailer.store import inbound as store_inbound
 from mailer.store import mailchimp as sends
 from mailer.store import outbox
 from mailer.store.db import iso
-from mailer.store.ledger import load_cases
 from mailer.transports.base import Transport
 from mailer.transports.mailchimp import MailchimpApi
 
 log = logging.getLogger(__name__)
+VIA = "Mailchimp"  # how the event log and the review queue name the channel
 
 
 def build_channels(
@@ -100,57 +97,28 @@ class MailchimpFlow:
             return  # the outbox has not recorded the refusal yet
         with store.transaction():
             if row.refusal == "cleaned":
-                self._observe(message, now, _hard_bounce(row.address, "cleaned in Mailchimp"))
+                observe(
+                    self.app,
+                    message,
+                    now,
+                    hard_bounce(row.address, "cleaned in Mailchimp", CHANNEL),
+                    CHANNEL,
+                )
                 outcome = "undeliverable"
             elif row.refusal == "unsubscribed":
-                self._observe(message, now, _unsubscribed(row.address))
+                observe(self.app, message, now, unsubscribed(row.address, VIA), CHANNEL)
                 outcome = "suppressed"
-            elif self._falls_back(message):
-                outcome = f"smtp:{self._fallback(message, row, now)}"
+            elif falls_back(self.app, message):
+                new = fallback_smtp(self.app, message, row.address, row.refusal or "", now, CHANNEL)
+                outcome = f"smtp:{new}"
             else:
                 why = f"Mailchimp will not send to {row.address} ({row.refusal})"
-                self._observe(message, now, lambda facts, about, now, rules: (
+                observe(self.app, message, now, lambda facts, about, now, rules: (
                     ToReview(f"{why}; the step has no SMTP fallback"),
                     Queue(f"{why}: send it another way, or set fallback_smtp"),
-                ))  # fmt: skip
+                ), CHANNEL)  # fmt: skip
                 outcome = "review"
             sends.update(store, row.message, now, outcome=outcome)
-
-    def _falls_back(self, message: outbox.OutboxMessage) -> bool:
-        case = next(iter(load_cases(self.app.store, [message.case_id])), None)
-        if case is None:
-            return False
-        steps = self.app.campaign_for(case).steps
-        step = steps[message.step] if message.step < len(steps) else None
-        return step is not None and step.name == message.step_name and step.fallback_smtp
-
-    def _fallback(self, message: outbox.OutboxMessage, row: sends.SendRow, now: datetime) -> int:
-        """The same message by SMTP, from the same identity: a new Message-ID, same words."""
-        store = self.app.store
-        settings = self.app.settings
-        number = int(store.conn.execute(
-            "SELECT coalesce(max(resend), 0) + 1 FROM messages WHERE case_id = ? AND step = ?",
-            (message.case_id, message.step),
-        ).fetchone()[0])  # fmt: skip
-        message_id = new_message_id(
-            settings.identity(message.identity), message.case_id, message.step
-        )
-        new = outbox.enqueue(
-            store, case_id=message.case_id, step=message.step, step_name=message.step_name,
-            channel="smtp", identity=message.identity, message_id=message_id,
-            recipients=[row.address], subject=message.subject,
-            raw=readdress(outbox.raw(store, message), row.address, message_id, now),
-            in_reply_to=message.in_reply_to, state=MessageState.QUEUED, now=now,
-            deadline=now + timedelta(hours=settings.retry_deadline_hours), resend=number,
-        )  # fmt: skip
-        assert new is not None
-        store.append_event(
-            now, "mailchimp_fallback",
-            {"of": message.message_id, "message_id": message_id, "channel": "smtp",
-             "why": row.refusal},
-            case_id=message.case_id, message_id=message.id,
-        )  # fmt: skip
-        return new
 
     # --- read-back ----------------------------------------------------------------------------
 
@@ -168,9 +136,10 @@ class MailchimpFlow:
             if status != "sent":
                 with store.transaction():
                     why = f"the Mailchimp campaign {row.remote_id} is {status}: it did not go out"
-                    self._observe(
-                        message, now, lambda facts, about, now, rules: (ToReview(why), Queue(why))
-                    )
+                    observe(
+                        self.app, message, now,
+                        lambda facts, about, now, rules: (ToReview(why), Queue(why)), CHANNEL,
+                    )  # fmt: skip
                     sends.update(store, row.message, now, state="settled", next_poll_at=None)
                 return
             store.append_event(
@@ -203,7 +172,7 @@ class MailchimpFlow:
                      "report_id": report.get("id"), "date": report.get("date")},
                     case_id=message.case_id, message_id=message.id,
                 )  # fmt: skip
-                self._observe(message, now, _complaint(row.address))
+                observe(self.app, message, now, complaint(row.address, VIA), CHANNEL)
             # After a complaint: the member it unsubscribed is the same news, not a second one.
             status = str(member.body.get("status", ""))
             if status != row.member_status:
@@ -247,9 +216,21 @@ class MailchimpFlow:
                 case_id=message.case_id, message_id=message.id,
             )  # fmt: skip
             if kind == "hard":
-                self._observe(message, now, _hard_bounce(row.address, "hard bounce in Mailchimp"))
+                observe(
+                    self.app,
+                    message,
+                    now,
+                    hard_bounce(row.address, "hard bounce in Mailchimp", CHANNEL),
+                    CHANNEL,
+                )
             else:
-                self._observe(message, now, _soft_bounce(row.address))
+                observe(
+                    self.app,
+                    message,
+                    now,
+                    soft_bounce(row.address, "soft bounce", CHANNEL),
+                    CHANNEL,
+                )
 
     def _member(self, message: outbox.OutboxMessage, row: sends.SendRow, status: str,
                 now: datetime) -> None:  # fmt: skip
@@ -260,66 +241,12 @@ class MailchimpFlow:
             case_id=message.case_id, message_id=message.id,
         )  # fmt: skip
         if status == "cleaned":
-            self._observe(message, now, _hard_bounce(row.address, "cleaned in Mailchimp"))
+            observe(
+                self.app,
+                message,
+                now,
+                hard_bounce(row.address, "cleaned in Mailchimp", CHANNEL),
+                CHANNEL,
+            )
         elif status == "unsubscribed":
-            self._observe(message, now, _unsubscribed(row.address))
-
-    def _observe(self, message: outbox.OutboxMessage, now: datetime, decide: Decider) -> None:
-        """Decide on fresh facts and act through the inbound flow's own effects (in the
-        caller's transaction): Mailchimp's news changes a case as the same news by mail would."""
-        store = self.app.store
-        facts = store_inbound.case_facts(store, message.case_id)
-        if facts is None:
-            return
-        about = store_inbound.sent_refs(store, [message.message_id]).get(message.message_id)
-        inbound = Inbound(self.app)
-        for effect in decide(facts, about, now, inbound.rules):
-            inbound.apply_effect(effect, facts, now, identity=message.identity, source=CHANNEL)
-
-
-Decider = Callable[[CaseFacts, SentRef | None, datetime, InboundRules], Sequence[Effect]]
-
-
-def _hard_bounce(address: str, why: str) -> Decider:
-    """A cleaned member or a hard bounce: the address is dead, as with an SMTP 5.1.1."""
-    failed = FailedRecipient(address, Reason.USER_UNKNOWN, "5.0.0", True, f"mailchimp: {why}")
-    return lambda facts, about, now, rules: bounce((failed,), facts, about, rules, now)
-
-
-def _soft_bounce(address: str) -> Decider:
-    failed = FailedRecipient(address, Reason.UNDEFINED, "", True, "mailchimp: soft bounce")
-    return lambda facts, about, now, rules: bounce((failed,), facts, about, rules, now)
-
-
-def _complaint(address: str) -> Decider:
-    """An abuse report is a spam complaint: the address is suppressed, a person reviews."""
-    report = Classification(Kind.FEEDBACK, (FailedRecipient(address, Reason.FEEDBACK, "", False),))
-
-    def decide(facts: CaseFacts, about: SentRef | None, now: datetime,
-               rules: InboundRules) -> Sequence[Effect]:  # fmt: skip
-        if not _active(facts, address):
-            return (Note(f"abuse report through Mailchimp for {address}, already suppressed"),)
-        return decide_inbound(report, facts, about, rules, now)
-
-    return decide
-
-
-def _unsubscribed(address: str) -> Decider:
-    """An unsubscribe is a refusal: no more email to the address by any channel."""
-
-    def decide(facts: CaseFacts, about: SentRef | None, now: datetime,
-               rules: InboundRules) -> Sequence[Effect]:  # fmt: skip
-        if not _active(facts, address):
-            return (Note(f"{address} unsubscribed through Mailchimp, already suppressed"),)
-        return (
-            SetContact(address, ContactStatus.OPTED_OUT, "unsubscribed through Mailchimp"),
-            ToReview("unsubscribed through Mailchimp: no more email to that address"),
-            Queue(f"{address} unsubscribed through Mailchimp"),
-        )
-
-    return decide
-
-
-def _active(facts: CaseFacts, address: str) -> bool:
-    known = facts.contact(address)
-    return known is not None and known[1] is ContactStatus.ACTIVE
+            observe(self.app, message, now, unsubscribed(row.address, VIA), CHANNEL)

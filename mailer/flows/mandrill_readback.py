@@ -3,37 +3,34 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
 from mailer.app import App
-from mailer.compose import new_message_id
 from mailer.config import MandrillSettings, read_mandrill_key
 from mailer.domain.blocking import Signal, SignalKind
-from mailer.domain.classify.model import Classification, FailedRecipient, Kind, Reason
 from mailer.domain.inbound import (
-    CaseFacts,
-    Effect,
-    InboundRules,
-    Note,
     Queue,
-    SentRef,
-    SetContact,
     ToReview,
-    bounce,
 )
-from mailer.domain.inbound import decide as decide_inbound
-from mailer.domain.models import ContactStatus, MessageState
-from mailer.flows.inbound import Inbound, readdress
+from mailer.domain.models import MessageState
+from mailer.flows.channel_news import (
+    Decider,
+    complaint,
+    fallback_smtp,
+    falls_back,
+    hard_bounce,
+    observe,
+    soft_bounce,
+    unsubscribed,
+)
 from mailer.flows.mandrill import CHANNEL, MandrillChannel, call, every, reconcile
 from mailer.flows.outbound import TickReport
 from mailer.store import blocking as store_blocking
-from mailer.store import inbound as store_inbound
 from mailer.store import mailchimp as sends
 from mailer.store import outbox
 from mailer.store.db import iso
-from mailer.store.ledger import load_cases
 from mailer.transports.base import Transport
 from mailer.transports.mandrill import MandrillApi, MandrillApiError, from_ts
 
@@ -42,8 +39,7 @@ log = logging.getLogger(__name__)
 DEAD = frozenset({"hard-bounce", "invalid"})
 # messages/info states after which nothing more can happen to the message.
 OVER = frozenset({"bounced", "soft-bounced", "rejected", "spam", "unsub"})
-
-Decider = Callable[[CaseFacts, SentRef | None, datetime, InboundRules], Sequence[Effect]]
+VIA = "Mandrill"  # how the event log and the review queue name the channel
 
 
 def build_mandrill(
@@ -103,23 +99,35 @@ class MandrillFlow:
         reason = row.refusal or ""
         with app.store.transaction():
             if reason in DEAD:
-                observe(app, message, now, hard_bounce(row.address, f"rejected ({reason})"))
+                observe(
+                    app,
+                    message,
+                    now,
+                    hard_bounce(row.address, f"rejected ({reason})", CHANNEL),
+                    CHANNEL,
+                )
                 outcome = "undeliverable"
             elif reason == "soft-bounce":
-                observe(app, message, now, soft_bounce(row.address, "rejected (soft-bounce)"))
+                observe(
+                    app,
+                    message,
+                    now,
+                    soft_bounce(row.address, "rejected (soft-bounce)", CHANNEL),
+                    CHANNEL,
+                )
                 outcome = "soft-bounce"
             elif reason in ("spam", "unsub"):
                 decide = complaint if reason == "spam" else unsubscribed
-                observe(app, message, now, decide(row.address))
+                observe(app, message, now, decide(row.address, VIA), CHANNEL)
                 outcome = "suppressed"
             elif falls_back(app, message):
-                outcome = f"smtp:{fallback_smtp(app, message, row.address, reason, now)}"
+                outcome = f"smtp:{fallback_smtp(app, message, row.address, reason, now, CHANNEL)}"
             else:
                 why = f"Mailchimp Transactional will not send to {row.address} ({reason})"
                 observe(app, message, now, lambda facts, about, now, rules: (
                     ToReview(f"{why}; the step has no SMTP fallback"),
                     Queue(f"{why}: send it another way, or set fallback_smtp"),
-                ))  # fmt: skip
+                ), CHANNEL)  # fmt: skip
                 outcome = "review"
             sends.update(app.store, row.message, now, outcome=outcome)
 
@@ -187,111 +195,13 @@ class MandrillFlow:
         )  # fmt: skip
         decide: Decider | None = None
         if state == "bounced":
-            decide = hard_bounce(row.address, f"hard bounce: {diag}")
+            decide = hard_bounce(row.address, f"hard bounce: {diag}", CHANNEL)
         elif state == "soft-bounced":
-            decide = soft_bounce(row.address, f"soft bounce: {diag}")
+            decide = soft_bounce(row.address, f"soft bounce: {diag}", CHANNEL)
         elif state in ("spam", "unsub"):
-            decide = (complaint if state == "spam" else unsubscribed)(row.address)
+            decide = (complaint if state == "spam" else unsubscribed)(row.address, VIA)
         elif state == "rejected":
             why = f"Mailchimp Transactional did not send the message to {row.address} (rejected)"
             decide = lambda facts, about, now, rules: (ToReview(why), Queue(why))  # noqa: E731
         if decide is not None:
-            observe(self.app, message, now, decide)
-
-
-# --- acting on a channel's news as on the same news by mail ---------------------------------------
-
-
-def observe(app: App, message: outbox.OutboxMessage, now: datetime, decide: Decider,
-            source: str = CHANNEL) -> None:  # fmt: skip
-    """Decide on fresh facts and act through the inbound flow's own effects (in the caller's
-    transaction): a channel's news changes a case as the same news by mail would."""
-    facts = store_inbound.case_facts(app.store, message.case_id)
-    if facts is None:
-        return
-    about = store_inbound.sent_refs(app.store, [message.message_id]).get(message.message_id)
-    inbound = Inbound(app)
-    for effect in decide(facts, about, now, inbound.rules):
-        inbound.apply_effect(effect, facts, now, identity=message.identity, source=source)
-
-
-def falls_back(app: App, message: outbox.OutboxMessage) -> bool:
-    """Does the message's step (still the same step) say ``fallback_smtp = true``?"""
-    case = next(iter(load_cases(app.store, [message.case_id])), None)
-    if case is None:
-        return False
-    steps = app.campaign_for(case).steps
-    step = steps[message.step] if message.step < len(steps) else None
-    return step is not None and step.name == message.step_name and step.fallback_smtp
-
-
-def fallback_smtp(app: App, message: outbox.OutboxMessage, address: str, why: str, now: datetime,
-                  source: str = CHANNEL) -> int:  # fmt: skip
-    """The same message by SMTP, from the same identity: a new Message-ID, same words."""
-    store = app.store
-    settings = app.settings
-    number = int(store.conn.execute(
-        "SELECT coalesce(max(resend), 0) + 1 FROM messages WHERE case_id = ? AND step = ?",
-        (message.case_id, message.step),
-    ).fetchone()[0])  # fmt: skip
-    message_id = new_message_id(settings.identity(message.identity), message.case_id, message.step)
-    raw = readdress(outbox.raw(store, message), address, message_id, now)
-    new = outbox.enqueue(
-        store, case_id=message.case_id, step=message.step, step_name=message.step_name,
-        channel="smtp", identity=message.identity, message_id=message_id, recipients=[address],
-        subject=message.subject, raw=raw,
-        in_reply_to=message.in_reply_to, state=MessageState.QUEUED, now=now,
-        deadline=now + timedelta(hours=settings.retry_deadline_hours), resend=number,
-    )  # fmt: skip
-    assert new is not None
-    store.append_event(now, f"{source}_fallback",
-                       {"of": message.message_id, "message_id": message_id, "channel": "smtp",
-                        "why": why},
-                       case_id=message.case_id, message_id=message.id)  # fmt: skip
-    return new
-
-
-def hard_bounce(address: str, why: str, source: str = CHANNEL) -> Decider:
-    """A dead address: undeliverable, as with an SMTP 5.1.1; the next address gets the step."""
-    failed = FailedRecipient(address, Reason.USER_UNKNOWN, "5.0.0", True, f"{source}: {why}")
-    return lambda facts, about, now, rules: bounce((failed,), facts, about, rules, now)
-
-
-def soft_bounce(address: str, why: str, source: str = CHANNEL) -> Decider:
-    """A soft bounce: counted; the same step goes to the same address again later."""
-    failed = FailedRecipient(address, Reason.UNDEFINED, "", True, f"{source}: {why}")
-    return lambda facts, about, now, rules: bounce((failed,), facts, about, rules, now)
-
-
-def complaint(address: str, via: str = "Mandrill") -> Decider:
-    """A spam complaint: the address is suppressed, a person reviews."""
-    report = Classification(Kind.FEEDBACK, (FailedRecipient(address, Reason.FEEDBACK, "", False),))
-
-    def decide(facts: CaseFacts, about: SentRef | None, now: datetime,
-               rules: InboundRules) -> Sequence[Effect]:  # fmt: skip
-        if not _active(facts, address):
-            return (Note(f"spam complaint through {via} for {address}, already suppressed"),)
-        return decide_inbound(report, facts, about, rules, now)
-
-    return decide
-
-
-def unsubscribed(address: str, via: str = "Mandrill") -> Decider:
-    """An unsubscribe is a refusal: no more email to the address by any channel."""
-
-    def decide(facts: CaseFacts, about: SentRef | None, now: datetime,
-               rules: InboundRules) -> Sequence[Effect]:  # fmt: skip
-        if not _active(facts, address):
-            return (Note(f"{address} unsubscribed through {via}, already suppressed"),)
-        return (
-            SetContact(address, ContactStatus.OPTED_OUT, f"unsubscribed through {via}"),
-            ToReview(f"unsubscribed through {via}: no more email to that address"),
-            Queue(f"{address} unsubscribed through {via}"),
-        )
-
-    return decide
-
-
-def _active(facts: CaseFacts, address: str) -> bool:
-    known = facts.contact(address)
-    return known is not None and known[1] is ContactStatus.ACTIVE
+            observe(self.app, message, now, decide, CHANNEL)

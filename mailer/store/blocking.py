@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailer.domain.blocking import Signal, SignalKind
+from mailer.domain.blocking import BlockingRules, Health, Signal, SignalKind, identity_health
 from mailer.domain.models import ContactStatus
 from mailer.store.db import Store, iso
 
@@ -75,6 +75,12 @@ def identity_signals(store: Store, identity: str, since: datetime) -> list[Signa
         Signal(datetime.fromisoformat(at), SignalKind.ACCEPTED, identity, address, "outbox")
         for at, address in accepted
     ]
+
+
+def health(store: Store, identity: str, rules: BlockingRules, now: datetime) -> Health:
+    """The identity's health over the rules' window, from what the store holds."""
+    signals = identity_signals(store, identity, now - rules.problem_window)
+    return identity_health(identity, signals, rules, now)
 
 
 @dataclass(frozen=True, slots=True)

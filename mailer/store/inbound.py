@@ -228,12 +228,20 @@ def open_review(
     text: str,
     now: datetime,
 ) -> int:
+    """Put an item in the review queue; the event log records that a person was asked."""
     cursor = store.conn.execute(
         "INSERT INTO reviews (case_id, inbound_id, reason, intent, text, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (case_id, inbound_id, reason, intent, text[:4000], iso(now)),
     )
-    return int(cursor.lastrowid or 0)
+    review = int(cursor.lastrowid or 0)
+    store.append_event(
+        now,
+        "review_opened",
+        {"review_id": review, "reason": reason[:500], "inbound_id": inbound_id, "intent": intent},
+        case_id=case_id,
+    )
+    return review
 
 
 @dataclass(frozen=True, slots=True)
