@@ -151,6 +151,8 @@ class _SmtpHandler:
         with open(self._sink_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         self._servers._sink.append(message)
+        if self._servers.data_delay:
+            await asyncio.sleep(self._servers.data_delay)  # a server's time to queue the message
         return "250 2.0.0 OK: queued"
 
 
@@ -168,6 +170,9 @@ class LocalMailServers:
     # (sender, recipient domain or "*") → the reply to RCPT: a receiving side that refuses one
     # of the business's identities. Changed at any time by a test or the demo.
     sender_blocks: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Seconds before the reply to the end of DATA (benchmarks: a real server's queue write,
+    # content checks and network, which loopback has none of).
+    data_delay: float = 0.0
     _sink: list[SinkMessage] = field(default_factory=list, repr=False)
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 

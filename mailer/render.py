@@ -181,11 +181,14 @@ def _render_part(
     templates: TemplateSet, lang: str, name: str, part: str, context: Mapping[str, Any]
 ) -> str:
     path = templates.path(lang, name, part)
-    if not path.is_file():
-        raise ConfigError([f"{path}:1: missing template (needed for {name!r} in {lang!r})"])
     try:
         template = templates.environment(lang).get_template(f"{name}.{part}")
         return template.render(context)
+    except TemplateNotFound as exc:
+        if exc.name == f"{name}.{part}":
+            missing = f"{path}:1: missing template (needed for {name!r} in {lang!r})"
+            raise ConfigError([missing]) from exc
+        raise ConfigError([_problem(exc, templates, path)]) from exc
     except _TEMPLATE_FAULTS as exc:
         raise ConfigError([_problem(exc, templates, path)]) from exc
 
@@ -197,8 +200,9 @@ def one_line(text: str) -> str:
     # Ledger data (a debtor name with CR/LF, a zero-width or bidi character) must never turn
     # into a second header line or a disguised subject: control/format characters become
     # spaces and every run of whitespace, line breaks included, becomes one space.
-    cleaned = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
-    return " ".join(cleaned.split())
+    if not text.isprintable():  # printable: no control/format characters (most text)
+        text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    return " ".join(text.split())
 
 
 def _tidy_text(text: str) -> str:

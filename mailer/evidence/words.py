@@ -293,7 +293,7 @@ VERDICT: dict[str, dict[str, str]] = {
 # Steps of sending that the timeline folds into the "sent" line (they stay in events.jsonl).
 QUIET = frozenset(
     {
-        "send_attempt", "held_for_window", "case_unchanged", "ledger_import", "message_queued",
+        "send_attempt", "send_released", "held_for_window", "case_unchanged", "ledger_import", "message_queued",
         "sent_copy_filed", "mailchimp_api",
     }
 )  # fmt: skip

@@ -89,7 +89,7 @@ class Instalments:
             seq = seq_of(action.step.index)
             assert seq is not None
             values = template_values(plan, seq, paid_toward(case, plan))
-            return outbound.enqueue(case, action, identity, now, instalment=values)
+            return outbound.enqueue(case, action, identity, now, instalment=values) is not None
         if isinstance(action, Idle):
             if action.reason == MISSED_REVIEW:
                 last = max(plan, key=lambda i: i.seq)

@@ -8,7 +8,7 @@ import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from itertools import islice
 from typing import Any, Protocol
@@ -51,6 +51,7 @@ from mailer.transports.base import DeliveryRefusedError, RecipientRefusal, Trans
 log = logging.getLogger(__name__)
 IDENTITY_WAIT = timedelta(minutes=15)
 PLAN_CHUNK = 50  # cases planned per transaction: the write lock is held for ~0.1 s at most
+CLAIM_BATCH = 8  # messages a worker claims in one commit when its queue is long
 
 
 class MailboxPort(Protocol):
@@ -91,13 +92,17 @@ class Outbound:
     channels: Mapping[str, Transport] = field(default_factory=dict)
     # where the next planning pass starts: after the last case the previous one took (see plan_due)
     _plan_after: int = field(default=0, init=False, repr=False)
-    # "sent" records waiting to share the next claim's commit (see _claim)
-    _unrecorded: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
     # --- planning ---------------------------------------------------------------------------
 
     def plan_due(self, now: datetime, report: TickReport) -> None:
-        """Plan every open case whose next look is due; enqueue what is due now.
+        """Plan every open case whose next look is due; enqueue what is due now."""
+        for _staged in self._plan_pass(now, report):
+            pass
+
+    def _plan_pass(self, now: datetime, report: TickReport) -> Iterator[list[tuple[int, Case]]]:
+        """``plan_due`` step by step: yields (row id, case) of each message it stores, once
+        committed, so that the tick can start sending it while the rest is planned.
 
         Planning reads each case's facts (``load_plan_facts``: one narrow row, SQLite doing the
         sums); the whole Case, which rendering and the failover need, is loaded only for the
@@ -125,36 +130,47 @@ class Outbound:
         history = load_history(store, ids)
         facts = load_plan_facts(store, ids)
         engaged = store_blocking.engaged_cases(store, ids)
-        # One transaction (one fsync) per PLAN_CHUNK cases instead of two per case; a savepoint
-        # keeps each case's writes all-or-nothing. A crash loses only plans of unsent messages,
-        # which the next pass makes again.
+        # Cases that change nothing share a transaction, up to PLAN_CHUNK of them; one that
+        # stores a message ends it, so that the message can go while the rest is planned. A
+        # savepoint keeps each case's writes all-or-nothing. The commits need not wait for the
+        # disk: a plan lost to a power cut is made again by the next pass, and its message is
+        # claimed durably before a byte of it is sent.
         while chunk := list(islice(facts, PLAN_CHUNK)):
-            decided = [(f, self._decide(f, history.get(f.id, []), now)) for f in chunk]
+            decided = deque((f, self._decide(f, history.get(f.id, []), now)) for f in chunk)
             due = [
                 f.id for f, action in decided if isinstance(action, SendStep) and action.at <= now
             ]
             cases = {c.id: c for c in load_cases(store, due)} if due else {}
-            with store.transaction() as conn:
-                for f, action in decided:
-                    try:
-                        with _savepoint(conn):
-                            self._plan_case(
-                                f,
-                                action,
-                                cases.get(f.id),
-                                identities[f.id],
-                                looks[f.id],
-                                now,
-                                report,
-                                f.id in engaged,
+            while decided:
+                staged: list[tuple[int, Case]] = []
+                with store.transaction(durable=False) as conn:
+                    while decided and not staged:
+                        f, action = decided.popleft()
+                        try:
+                            with _savepoint(conn):
+                                row = self._plan_case(
+                                    f,
+                                    action,
+                                    cases.get(f.id),
+                                    identities[f.id],
+                                    looks[f.id],
+                                    now,
+                                    report,
+                                    f.id in engaged,
+                                )
+                            if row is not None:
+                                staged.append((row, cases[f.id]))
+                        except NeedsReviewError as exc:
+                            self._to_review(f.id, now, str(exc))
+                        except Exception as exc:
+                            log.exception("planning failed", extra={"case_id": f.id})
+                            report.errors.append(f"case {f.id}: {exc}")
+                            store.append_event(
+                                now, "case_error", {"error": repr(exc)}, case_id=f.id
                             )
-                    except NeedsReviewError as exc:
-                        self._to_review(f.id, now, str(exc))
-                    except Exception as exc:
-                        log.exception("planning failed", extra={"case_id": f.id})
-                        report.errors.append(f"case {f.id}: {exc}")
-                        store.append_event(now, "case_error", {"error": repr(exc)}, case_id=f.id)
-                        self._next_look(f.id, now + timedelta(hours=1))
+                            self._next_look(f.id, now + timedelta(hours=1))
+                if staged:
+                    yield staged
 
     def _decide(
         self, facts: PlanFacts, history: list[HistoryEntry], now: datetime
@@ -182,9 +198,9 @@ class Outbound:
         now: datetime,
         report: TickReport,
         engaged: bool = False,
-    ) -> None:
-        """Act on the plan for one case. ``case`` is loaded when a step is due now; ``look`` is
-        its ``next_action_at`` as stored."""
+    ) -> int | None:
+        """Act on the plan for one case; the row id of the message it stored, if any. ``case``
+        is loaded when a step is due now; ``look`` is its ``next_action_at`` as stored."""
         if isinstance(action, Exception):
             raise action
         store = self.app.store
@@ -205,17 +221,19 @@ class Outbound:
                 current = identity_name or self.app.settings.failover_pool()[0]
                 chosen = Failover(self.app).before_send(case, current, now)
                 if chosen is None:
-                    return  # the case went to a person
+                    return None  # the case went to a person
                 identity_name = chosen
-            if self.enqueue(case, action, identity_name, now):
+            row = self.enqueue(case, action, identity_name, now)
+            if row is not None:
                 report.planned += 1
             self._next_look(facts.id, now)  # look again: the next step's time depends on this one
-            return
+            return row
         # A later step or the end of a pause: look again then. Idle: None, until an import, a
         # reply or a person acts. Most passes change nothing, and then write nothing.
         at = action.at if isinstance(action, SendStep | LookAgain) else None
         if (iso(at) if at else None) != look:
             self._next_look(facts.id, at)
+        return None
 
     def enqueue(
         self,
@@ -225,8 +243,9 @@ class Outbound:
         now: datetime,
         *,
         instalment: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Render, compose and store ``action``'s message; False if the step is already stored.
+    ) -> int | None:
+        """Render, compose and store ``action``'s message: its row id, or None if the step is
+        already stored.
 
         Also the instalment flow's way out: its reminders add ``instalment`` to the context.
         """
@@ -234,14 +253,15 @@ class Outbound:
         identity = settings.identity(identity_name or settings.failover_pool()[0])
         if not case.debtor.active_addresses:
             self._to_review(case.id, now, "no deliverable address left")
-            return False
+            return None
         staged = stage(self.app, case, action.step, identity, now, instalment=instalment)
-        if staged is not None:
-            log.info(
-                "planned %s for case %s", action.step.name, case.id,
-                extra={"case_id": case.id, "message_id": staged[1]},
-            )  # fmt: skip
-        return staged is not None
+        if staged is None:
+            return None
+        log.info(
+            "planned %s for case %s", action.step.name, case.id,
+            extra={"case_id": case.id, "message_id": staged[1]},
+        )  # fmt: skip
+        return staged[0]
 
     def _to_review(self, case_id: int, now: datetime, reason: str) -> None:
         store = self.app.store
@@ -258,61 +278,119 @@ class Outbound:
     async def send_due(
         self, now: datetime, report: TickReport, stop: Callable[[], bool]
     ) -> frozenset[int]:
-        """Send what is due, each identity up to its ``concurrency`` at once; returns the ids
-        accepted in this pass.
+        """Send what is due; returns the ids accepted in this pass."""
+        feed = self._feed(now)
+        feed.close()
+        return await self._send_feed(feed, now, report, stop)
 
-        Sends overlap so that one message's network round trips and fsyncs wait while others
-        go; every message still moves queued → sending (committed before its DATA) → sent on
-        its own. Messages of one case go in order, by one worker. Each worker checks ``stop``
-        before it starts a message: a shutdown finishes the messages in hand and starts none.
-        """
+    async def plan_and_send(
+        self, now: datetime, report: TickReport, stop: Callable[[], bool]
+    ) -> frozenset[int]:
+        """``plan_due`` and ``send_due`` at once: each message planned goes to the send workers
+        as soon as it is stored, so the server has work while the rest is rendered. Returns
+        the ids accepted in this pass."""
+        feed = self._feed(now)
+
+        async def plan() -> None:
+            try:
+                for staged in self._plan_pass(now, report):
+                    ids = [row for row, _case in staged]
+                    fresh = outbox.select(
+                        self.app.store,
+                        f"id IN ({', '.join('?' * len(ids))}) AND state = 'queued'",
+                        tuple(ids),
+                    )
+                    feed.add(fresh, {case.id: case for _row, case in staged})
+                    await asyncio.sleep(0)  # the workers send it while the next is planned
+                    if stop():
+                        return
+            finally:
+                feed.close()
+
+        planning = asyncio.ensure_future(plan())
+        try:
+            sent = await self._send_feed(feed, now, report, stop)
+        finally:
+            await planning
+        return sent
+
+    def _feed(self, now: datetime) -> _Feed:
+        """A pass's feed, holding what is already due (retries, messages left by a stop)."""
         due = outbox.due(self.app.store, now, self.batch)
-        if not due:
-            return frozenset()
-        # One load for the whole pass: the quiet-hours check needs each message's case.
-        cases = {c.id: c for c in load_cases(self.app.store, {m.case_id for m in due})}
-        chains: dict[str, dict[int, list[outbox.OutboxMessage]]] = {}
-        for message in due:
-            chains.setdefault(message.identity, {}).setdefault(message.case_id, []).append(message)
+        feed = _Feed({name: self._concurrency(name) for name in self._identities(due)})
+        if due:
+            # The quiet-hours check needs each message's case; a closed case is absent.
+            feed.add(due, {c.id: c for c in load_cases(self.app.store, {m.case_id for m in due})})
+        return feed
+
+    def _identities(self, due: list[outbox.OutboxMessage]) -> set[str]:
+        return {i.name for i in self.app.settings.identities} | {m.identity for m in due}
+
+    async def _send_feed(
+        self, feed: _Feed, now: datetime, report: TickReport, stop: Callable[[], bool]
+    ) -> frozenset[int]:
+        """Send what ``feed`` brings, each identity up to its ``concurrency`` at once.
+
+        Sends overlap so that one message's network round trips wait while others go. Every
+        message still moves queued → sending (committed, durably, before its first byte goes
+        to the server) → sent on its own; a worker with a long queue before it claims up to
+        CLAIM_BATCH messages in one commit (one fsync). Messages of one case go in order, by
+        one worker. A worker checks ``stop`` before it starts a message: a shutdown finishes
+        the messages in hand, starts none, and gives back those claimed but not started.
+        """
         sent: set[int] = set()
 
-        async def worker(queue: deque[list[outbox.OutboxMessage]]) -> None:
-            try:
-                while queue:
-                    for message in queue.popleft():
-                        if stop():
-                            return  # shutting down: what is not started stays queued
-                        if await self._attempt(message, now, report, cases.get(message.case_id)):
-                            sent.add(message.id)
-            finally:
-                self._record_sent()  # no next claim to share a commit with
+        async def worker(name: str) -> None:
+            while not stop() and (chains := await feed.take(name)):
+                await self._send_chains(chains, feed, now, report, stop, sent)
 
         async with asyncio.TaskGroup() as group:
-            for name, by_case in chains.items():
-                queue = deque(by_case.values())
-                for _ in range(min(self._concurrency(name), len(queue))):
-                    group.create_task(worker(queue))
+            for name, workers in feed.workers.items():
+                for _ in range(workers):
+                    group.create_task(worker(name))
         return frozenset(sent)
 
     def _concurrency(self, identity_name: str) -> int:
         identity = next((i for i in self.app.settings.identities if i.name == identity_name), None)
         return max(1, identity.concurrency) if identity else 1
 
-    async def _attempt(
-        self, message: outbox.OutboxMessage, now: datetime, report: TickReport, case: Case | None
-    ) -> bool:
-        """Quiet-hours check, then one send; True when the server accepted the message.
+    async def _send_chains(
+        self,
+        chains: list[list[outbox.OutboxMessage]],
+        feed: _Feed,
+        now: datetime,
+        report: TickReport,
+        stop: Callable[[], bool],
+        sent: set[int],
+    ) -> None:
+        """Quiet-hours check, one claim for all, then one send each.
 
         A bad message is logged and left for the next pass: it never stops the others.
         """
-        try:
-            return not self._held_for_window(message, now, case) and await self._send(
-                message, now, report
-            )
-        except Exception as exc:
-            log.exception("sending failed", extra={"message_id": message.message_id})
-            report.errors.append(f"message {message.id}: {exc}")
-            return False
+        ready = []
+        for message in (m for chain in chains for m in chain):
+            try:
+                if not self._held_for_window(message, now, feed.cases.get(message.case_id)):
+                    ready.append(message)
+            except Exception as exc:
+                self._failed(message, exc, report)
+        claimed = self._claim(ready, now)
+        for n, message in enumerate(claimed):
+            if stop():
+                self._release(claimed[n:], now)  # claimed, never started: queued again
+                return
+            try:
+                if await self._send(message, now, report):
+                    sent.add(message.id)
+            except Exception as exc:
+                self._failed(message, exc, report)
+
+    def _failed(self, message: outbox.OutboxMessage, exc: Exception, report: TickReport) -> None:
+        log.error(
+            "sending failed", exc_info=exc,
+            extra={"case_id": message.case_id, "message_id": message.message_id},
+        )  # fmt: skip
+        report.errors.append(f"message {message.id}: {exc}")
 
     def _held_for_window(
         self, message: outbox.OutboxMessage, now: datetime, case: Case | None
@@ -347,7 +425,7 @@ class Outbound:
         return True
 
     async def _send(self, message: outbox.OutboxMessage, now: datetime, report: TickReport) -> bool:
-        """One attempt; True when the server accepted the message."""
+        """One attempt of a claimed message; True when the server accepted it."""
         store = self.app.store
         if message.channel == "smtp":
             transport = self.transports.get(message.identity)
@@ -357,8 +435,6 @@ class Outbound:
             raise MailerError(f"no transport for identity {message.identity!r}"
                               f" on channel {message.channel!r}")  # fmt: skip
         identity = self.app.settings.identity(message.identity)
-        if not self._claim(message, now):
-            return False
         data = outbox.raw(store, message)
         context = {"case_id": message.case_id, "message_id": message.message_id}
         try:
@@ -405,7 +481,9 @@ class Outbound:
             self._defer(message, now, exc, report)
             return False
 
-        def record() -> None:
+        # Committed without waiting for the disk: a power cut before the next durable commit
+        # leaves the message in "sending", reconciled from the mailbox as after a crash.
+        with store.transaction(durable=False):
             evidence = receipt.to_json()
             outbox.move(
                 store,
@@ -431,8 +509,6 @@ class Outbound:
                     case_id=message.case_id,
                     message_id=message.id,
                 )
-
-        self._unrecorded.append(record)  # committed with this worker's next claim: see _claim
         report.sent += 1
         log.info(
             "sent %s to %s: %s %s",
@@ -481,34 +557,37 @@ class Outbound:
                 now, "case_error", {"error": repr(exc2)[:500]}, case_id=message.case_id
             )
 
-    def _claim(self, message: outbox.OutboxMessage, now: datetime) -> bool:
-        """queued → sending, committed before the first byte goes to the server.
-
-        The "sent" records of sends that finished since the last commit go into the same
-        transaction: a worker goes from one message's reply to its next claim without
-        awaiting anything, so a "sent" is committed as early as with a transaction of its own,
-        for one fsync per message instead of two. (A crash before it is committed leaves the
-        message in "sending", reconciled from the mailbox, as it always did.)
-        """
+    def _claim(
+        self, messages: list[outbox.OutboxMessage], now: datetime
+    ) -> list[outbox.OutboxMessage]:
+        """queued → sending for each of ``messages``, in one durable commit made before the
+        first byte of any goes to the server; the ones moved (another process may have taken
+        one first). A crash after it leaves them in "sending", reconciled from the mailbox."""
+        if not messages:
+            return []
         with self.app.store.transaction():
-            self._record_sent()
-            return outbox.move(
-                self.app.store,
-                message,
-                MessageState.SENDING,
-                now,
-                "send_attempt",
-                {"attempt": message.attempts + 1},
-                attempts=message.attempts + 1,
-            )
+            return [
+                replace(message, state=MessageState.SENDING)
+                for message in messages
+                if outbox.move(
+                    self.app.store,
+                    message,
+                    MessageState.SENDING,
+                    now,
+                    "send_attempt",
+                    {"attempt": message.attempts + 1},
+                    attempts=message.attempts + 1,
+                )
+            ]
 
-    def _record_sent(self) -> None:
-        """Write the "sent" records still waiting (in the caller's transaction, if any)."""
-        waiting, self._unrecorded = self._unrecorded, []
-        if waiting:
-            with self.app.store.transaction():
-                for record in waiting:
-                    record()
+    def _release(self, messages: list[outbox.OutboxMessage], now: datetime) -> None:
+        """Claimed messages a shutdown kept from starting: queued again, as they were."""
+        with self.app.store.transaction():
+            for message in messages:
+                outbox.move(
+                    self.app.store, message, MessageState.QUEUED, now, "send_released",
+                    {"reason": "shutting down before it started"}, next_attempt_at=now,
+                )  # fmt: skip
 
     def _defer(
         self, message: outbox.OutboxMessage, now: datetime, exc: TemporaryError, report: TickReport
@@ -672,11 +751,61 @@ class Outbound:
         await self.reconcile(now, report)
         # Refusals met since the last pass, judged together before anything is planned.
         report.judged = Failover(self.app).judge_pending(now)
-        self.plan_due(now, report)
-        fresh = await self.send_due(now, report, stop)
+        fresh = await self.plan_and_send(now, report, stop)
         if not stop():
             await self.file_copies(now, report, fresh)
         return report
+
+
+class _Feed:
+    """The messages of one sending pass, by identity, for that identity's workers.
+
+    Messages of one case form a chain that one worker sends in order. A case already in the
+    pass gets no second chain: a message planned while its case's earlier one is still in a
+    worker's hands waits for the next pass, so that the two never go out of order.
+    """
+
+    def __init__(self, workers: Mapping[str, int]) -> None:
+        self.workers = dict(workers)
+        self.cases: dict[int, Case] = {}
+        self._chains: dict[str, deque[list[outbox.OutboxMessage]]] = {n: deque() for n in workers}
+        self._wake = {name: asyncio.Event() for name in workers}
+        self._seen: set[int] = set()
+        self._closed = False
+
+    def add(self, messages: list[outbox.OutboxMessage], cases: Mapping[int, Case]) -> None:
+        chains: dict[tuple[str, int], list[outbox.OutboxMessage]] = {}
+        for message in messages:
+            if message.case_id in self._seen or message.identity not in self._chains:
+                continue
+            chains.setdefault((message.identity, message.case_id), []).append(message)
+        for (name, case_id), chain in chains.items():
+            self._seen.add(case_id)
+            self._chains[name].append(chain)
+            self._wake[name].set()
+        self.cases.update(cases)
+
+    def close(self) -> None:
+        """Nothing more will come: workers finish what is queued, then stop."""
+        self._closed = True
+        for wake in self._wake.values():
+            wake.set()
+
+    async def take(self, name: str) -> list[list[outbox.OutboxMessage]]:
+        """The next chains for a worker of ``name``; empty when the pass is over.
+
+        A worker takes its share of a long queue, up to CLAIM_BATCH chains, to claim them in
+        one commit; from a short one (the planner feeding it) one chain, so that every
+        connection has work.
+        """
+        chains = self._chains[name]
+        while not chains:
+            if self._closed:
+                return []
+            self._wake[name].clear()
+            await self._wake[name].wait()
+        share = max(1, min(CLAIM_BATCH, len(chains) // self.workers[name]))
+        return [chains.popleft() for _ in range(share)]
 
 
 @contextmanager

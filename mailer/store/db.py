@@ -99,6 +99,8 @@ class Store:
         # chain's last id and hash counting them (None: read them from the table).
         self._pending: list[tuple[Any, ...]] | None = None
         self._tail: tuple[int, str] | None = None
+        # what a durable commit uses (FULL for a file, what SQLite has for :memory:)
+        self._synchronous = int(self.conn.execute("PRAGMA synchronous").fetchone()[0])
 
     @classmethod
     def open(cls, path: Path | str | None) -> Store:
@@ -124,18 +126,32 @@ class Store:
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT: all or nothing, and the write lock taken up front."""
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT: all or nothing, and the write lock taken up front.
+
+        ``durable=False`` commits without waiting for the disk (WAL, synchronous=NORMAL): the
+        commit survives the process being killed, not a power cut, until the next durable
+        commit (the WAL is written in order, so its fsync makes every earlier commit durable
+        too). For writes that are made again if lost, such as a planning pass's plans, whose
+        messages are claimed durably before a byte is sent. A nested use joins the outer
+        transaction, whatever it asks.
+        """
         if self.conn.in_transaction:
-            yield self.conn  # nested use joins the outer transaction
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            return
+        if not durable:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+        finally:
+            if not durable:
+                self.conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
     @contextmanager
     def savepoint(self) -> Iterator[sqlite3.Connection]:

@@ -33,7 +33,16 @@ class Receipt:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # What dataclasses.asdict gives, written out: it runs for every message sent.
+        return {
+            "code": self.code,
+            "text": self.text,
+            "accepted": self.accepted,
+            "refused": tuple(asdict(r) for r in self.refused),
+            "queue_id": self.queue_id,
+            "server": self.server,
+            "extra": dict(self.extra),
+        }
 
 
 class DeliveryRefusedError(PermanentError):
