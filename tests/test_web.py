@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from reviewpage import (
@@ -36,9 +37,14 @@ TYPO = "Tr0ub4dor&3-typo"
 def test_every_page_but_login_needs_a_session(served: Served) -> None:
     client = Client(served.url)
     before = case_state(served.store, 2)
-    for path in ("/", "/case/2", "/identities", "/nothing"):
+    for path, login in (
+        ("/", "/login"),
+        ("/case/2", "/login?next=/case/2"),
+        ("/identities", "/login?next=/identities"),
+        ("/nothing", "/login?next=/nothing"),
+    ):
         answer = client.get(path)
-        assert (answer.status, answer.location) == (303, "/login")
+        assert (answer.status, answer.location) == (303, login)
     assert client.post("/case/2/decide", {**DECISION, "csrf": "x"}).status == 403
     assert client.post("/logout", {"csrf": "x"}).status == 403
     # A made-up session cookie is no session.
@@ -48,6 +54,27 @@ def test_every_page_but_login_needs_a_session(served: Served) -> None:
     assert case_state(served.store, 2) == before
     login = client.get("/login")
     assert login.status == 200 and 'type="password"' in login.text
+
+
+def test_the_login_goes_back_to_the_page_asked_for_and_only_to_this_site(
+    served: Served,
+) -> None:
+    client = Client(served.url)
+    login = client.get(client.get("/case/2").location)
+    assert 'name="next" value="/case/2"' in login.text
+    answer = client.post("/login", {"name": "Ana", "password": WEB_PASSWORD, "next": "/case/2"})
+    assert (answer.status, answer.location) == (303, "/case/2")
+    assert "Set-Cookie" in answer.headers
+    # Anywhere else is the queue: the login is never a way to send someone to another site.
+    for elsewhere in (
+        "//evil.example/x", "https://evil.example/", "/\\evil.example", "/case/2?x=1",
+        "javascript:alert(1)", "/login", "", "/../etc",
+    ):  # fmt: skip
+        other = Client(served.url)
+        answer = other.post("/login", {"name": "Ana", "password": WEB_PASSWORD, "next": elsewhere})
+        assert (answer.status, answer.location) == (303, "/"), elsewhere
+        page = other.get(f"/login?next={quote(elsewhere, safe='')}")
+        assert 'name="next" value="/"' in page.text
 
 
 def test_a_wrong_password_is_refused_and_logins_pause_after_five(served: Served) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -71,12 +72,16 @@ def test_log_in_decide_on_a_reply_and_see_the_case_change(page: Any, served: Ser
     from playwright.sync_api import expect
 
     page.goto(served.url + "case/2")
-    expect(page).to_have_url(served.url + "login")  # no session: sent to the login
+    # No session: sent to the login, which goes back to the case once logged in (a wrong
+    # password first does not lose the way back).
+    expect(page).to_have_url(served.url + "login?next=/case/2")
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_have_text("Wrong password.")
     log_in(page, served)
-    expect(page).to_have_url(served.url)
+    expect(page).to_have_url(served.url + "case/2")
+    expect(page.get_by_role("heading", name=re.compile(r"^Case 2 — "))).to_be_visible()
+    page.goto(served.url)
     expect(page.get_by_role("heading", name="Review queue (2)")).to_be_visible()
 
     acme = page.locator("section.review", has=page.get_by_role("link", name="Case 1"))
@@ -136,7 +141,7 @@ def test_instalments_from_the_case_page_then_log_out(page: Any, served: Served) 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(served.url + "login")
     page.goto(served.url + "case/1")
-    expect(page).to_have_url(served.url + "login")
+    expect(page).to_have_url(served.url + "login?next=/case/1")
 
 
 def test_a_form_on_another_site_cannot_decide(page: Any, served: Served) -> None:

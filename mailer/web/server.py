@@ -59,9 +59,15 @@ class _Handler(BaseHTTPRequestHandler):
             if refused is not None:
                 self._send(refused)
                 return
+        url = urlsplit(self.path)
+        try:
+            query = dict(parse_qsl(url.query, max_num_fields=10))
+        except ValueError:
+            query = {}  # a query this site never makes: as if there were none
         request = Request(
             method=method,
-            path=urlsplit(self.path).path,
+            path=url.path,
+            query=query,
             host=host,
             headers={name.lower(): value for name, value in self.headers.items()},
             form=form,

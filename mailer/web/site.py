@@ -63,6 +63,7 @@ class Request:
     headers: Mapping[str, str]  # names in lower case
     form: Mapping[str, str]  # a POST's fields (the last of a repeated name)
     now: datetime  # read from the clock by the server, at its edge
+    query: Mapping[str, str] = field(default_factory=dict)  # the URL's (last of a name)
 
 
 @dataclass
@@ -75,6 +76,18 @@ class Response:
     def redirect(cls, where: str, *headers: tuple[str, str]) -> Response:
         # 303: after a POST the browser GETs the page (reloading it posts nothing again).
         return cls(303, b"", [("Location", where), *headers])
+
+
+# A page of this site to go back to after the login: a path of ours, never another site's
+# address (no "//host", no scheme, no backslash tricks), so the login cannot be an open redirect.
+_PAGE = re.compile(r"/(?:[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*)?")
+
+
+def _local_page(target: str | None) -> str:
+    """``target`` if it is one of this site's pages, else the queue ("/")."""
+    if target and _PAGE.fullmatch(target) and target != "/login":
+        return target
+    return "/"
 
 
 class BadInput(MailerError):
@@ -122,8 +135,12 @@ class ReviewSite:
             return self._login(request)
         session = self.sessions.get(cookie_value(request.headers.get("cookie")), now)
         if session is None:
-            # A page asked for is sent to the login; a form posted without a session is refused.
-            return Response.redirect("/login") if method == "GET" else self._forbidden()
+            # A page asked for is sent to the login, which comes back to it; a form posted
+            # without a session is refused.
+            if method != "GET":
+                return self._forbidden()
+            back = _local_page(path)
+            return Response.redirect(f"/login?next={back}" if back != "/" else "/login")
         if method == "POST":
             if not origin_ok(
                 request.host, request.headers.get("origin"), request.headers.get("referer")
@@ -163,8 +180,9 @@ class ReviewSite:
 
     def _login(self, request: Request) -> Response:
         now = request.now
+        back = _local_page(request.form.get("next") or request.query.get("next"))
         if request.method == "GET":
-            return self._page(200, "login.html", None, error=None)
+            return self._page(200, "login.html", None, error=None, next=back)
         if request.method != "POST":
             return self._page(405, "error.html", None, message="Not allowed.")
         if not origin_ok(
@@ -173,15 +191,17 @@ class ReviewSite:
             return self._forbidden()
         if self.sessions.throttled(now):
             log.warning("review page: login refused, too many wrong passwords in a minute")
-            return self._page(429, "login.html", None, error="Too many attempts: wait a minute.")
+            return self._page(
+                429, "login.html", None, error="Too many attempts: wait a minute.", next=back
+            )
         session = self.sessions.login(
             request.form.get("password", ""), request.form.get("name", ""), now
         )
         if session is None:
             log.warning("review page: wrong password")  # never what was typed
-            return self._page(401, "login.html", None, error="Wrong password.")
+            return self._page(401, "login.html", None, error="Wrong password.", next=back)
         log.info("review page: %s logged in", session.who)
-        return Response.redirect("/", ("Set-Cookie", set_cookie(session, now)))
+        return Response.redirect(back, ("Set-Cookie", set_cookie(session, now)))
 
     def _queue(self, session: Session) -> Response:
         store = self.open_store()
