@@ -18,7 +18,8 @@ from mailer.cli import main
 from mailer.config import load_settings
 from mailer.demo import IDENTITIES, write_config
 from mailer.demo_debtors import delivery_report
-from mailer.flows.staff import Resolution, resolve
+from mailer.domain.models import CaseStatus
+from mailer.flows.staff import Resolution, resolve, to_review
 from mailer.ledger import parse_invoices
 from mailer.localservers import LocalMailServers, deliver
 from mailer.store import outbox
@@ -248,6 +249,27 @@ async def test_an_identity_every_domain_refuses_is_reported_without_a_switching_
     )
     assert result.exit_code == 0, result.output
     assert "problem" in result.output and "4 domains" in result.output
+
+    # One case goes to review for something else too (a person must see that); once the
+    # identity is fixed, `mailer identities resume` sends the other three back to work.
+    held = [r[0] for r in app.store.conn.execute("SELECT id FROM cases ORDER BY id")]
+    to_review(app.store, held[0], CaseStatus.REVIEW, office.now, "the debtor wrote back")
+    cli = ["--config", str(app.settings.source), "--now", office.now.isoformat(), "identities"]
+    result = CliRunner().invoke(main, [*cli, "resume", A, "--note", "SPF fixed", "--by", "ana"])
+    assert result.exit_code == 0, result.output
+    assert f"3 case(s) held for identity {A} resumed: {', '.join(map(str, held[1:]))}" in (
+        result.output
+    )
+    states = dict(app.store.conn.execute("SELECT id, status FROM cases").fetchall())
+    assert states == {held[0]: "review", **{c: "active" for c in held[1:]}}
+    resolved = [e for e in app.store.events() if e["kind"] == "case_resolved"]
+    assert [e["case_id"] for e in resolved] == held[1:]
+    assert {e["data"]["note"] for e in resolved} == {f"identity {A} works again: SPF fixed"}
+    assert {e["data"]["by"] for e in resolved} == {"ana"}
+    # Nothing is held for it any more; an unknown identity is an error, not a silent no-op.
+    again = CliRunner().invoke(main, [*cli, "resume", A])
+    assert again.exit_code == 0 and f"0 case(s) held for identity {A}" in again.output
+    assert CliRunner().invoke(main, [*cli, "resume", "nobody"]).exit_code == 2
 
 
 DSN = (["pay@acme.example"], "")

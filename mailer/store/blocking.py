@@ -254,3 +254,22 @@ def identity_counts(store: Store) -> dict[str, IdentityCounts]:
         for name, v in out.items()
         if name
     }
+
+
+def held_for_identity(store: Store, identity: str) -> list[int]:
+    """Open cases in review because ``identity`` itself was the problem (refused by many
+    domains, see flows.blocking), and sent to review for nothing else since."""
+    rows = store.conn.execute(
+        "SELECT e.case_id, e.kind, json_extract(e.body, '$.data.identity') FROM events e"
+        " JOIN cases c ON c.id = e.case_id"
+        " WHERE c.status = 'review' AND c.closed_at IS NULL"
+        " AND e.kind IN ('identity_problem', 'case_review') ORDER BY e.id"
+    )
+    cause: dict[int, str | None] = {}  # why each case went to review the last time
+    problem: dict[int, str | None] = {}  # an identity_problem just before that
+    for case_id, kind, name in rows:
+        if kind == "identity_problem":
+            problem[case_id] = name
+        else:
+            cause[case_id] = problem.pop(case_id, None)
+    return sorted(case_id for case_id, name in cause.items() if name == identity)
