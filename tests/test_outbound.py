@@ -18,6 +18,7 @@ from mailer.domain.models import MessageState
 from mailer.flows.outbound import Outbound, TickReport
 from mailer.ledger import parse_invoices
 from mailer.store import outbox
+from mailer.store.inbound import open_reviews
 from mailer.store.ledger import import_invoices
 from mailer.transports.base import Receipt
 
@@ -64,13 +65,15 @@ def test_a_render_that_needs_review_sends_the_case_to_review(tmp_path: Path) -> 
     Outbound(app, {}, None).plan_due(NOW, report)  # does not raise
 
     assert report.planned == 2 and report.errors == []  # the other cases went on
-    case_id, status, reason, next_look = app.store.conn.execute(
-        "SELECT id, status, status_reason, next_action_at FROM cases WHERE debtor_id = 'D1'"
+    case_id, status, reason = app.store.conn.execute(
+        "SELECT id, status, status_reason FROM cases WHERE debtor_id = 'D1'"
     ).fetchone()
-    assert status == "review" and next_look is None
+    assert status == "review"
     assert reason == f"case {case_id}: open invoices in several currencies (EUR, USD)"
     reviews = [e for e in app.store.events(case_id=case_id) if e["kind"] == "case_review"]
     assert [e["data"]["reason"] for e in reviews] == [reason]
+    # In the review queue, where a person sees it (`mailer review`, the review page).
+    assert [(i.case_id, i.reason) for i in open_reviews(app.store)] == [(case_id, reason)]
     assert outbox.select(app.store, "case_id = ?", (case_id,)) == []
     # A case in review waits for a person: the next pass plans nothing for it.
     again = TickReport()
@@ -78,8 +81,9 @@ def test_a_render_that_needs_review_sends_the_case_to_review(tmp_path: Path) -> 
     assert again.planned == 0 and again.errors == []
     assert outbox.select(app.store, "case_id = ?", (case_id,)) == []
     assert app.store.conn.execute(
-        "SELECT status FROM cases WHERE id = ?", (case_id,)
-    ).fetchone() == ("review",)
+        "SELECT status, next_action_at FROM cases WHERE id = ?", (case_id,)
+    ).fetchone() == ("review", None)
+    assert len(open_reviews(app.store)) == 1  # asked once, not at every pass
     assert app.store.verify_chain() is None
 
 

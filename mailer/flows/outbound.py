@@ -40,6 +40,7 @@ from mailer.errors import (
 )
 from mailer.flows.blocking import Failover
 from mailer.flows.inbound import Inbound
+from mailer.flows.staff import to_review
 from mailer.flows.stage import stage
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
@@ -264,14 +265,16 @@ class Outbound:
         return staged[0]
 
     def _to_review(self, case_id: int, now: datetime, reason: str) -> None:
+        """Planning met what only a person can settle (no address left, invoices in several
+        currencies, a day without a published interest rate): the case waits in the review
+        queue, where `mailer review` and the review page show it, with nothing left to send."""
         store = self.app.store
-        with store.transaction() as conn:
-            conn.execute(
-                "UPDATE cases SET status = 'review', status_reason = ?, next_action_at = NULL"
-                " WHERE id = ?",
-                (reason, case_id),
-            )
-            store.append_event(now, "case_review", {"reason": reason}, case_id=case_id)
+        with store.transaction():
+            facts = store_inbound.case_facts(store, case_id)
+            if facts is None:
+                return  # closed meanwhile: nothing to review
+            to_review(store, case_id, facts.status, now, reason)
+            store_inbound.open_review(store, case_id, None, reason[:500], None, "", now)
 
     # --- sending ------------------------------------------------------------------------------
 
