@@ -119,6 +119,22 @@ class TemplateSet:
                     break
         return sorted(found)
 
+    def pin(self) -> list[tuple[Path, TemplateError]]:
+        """Compile every template now, and never read the files again: a file edited later
+        changes nothing until a new TemplateSet is loaded (and checked). Returns the files that
+        did not compile (the checks report those in use; the others are never rendered)."""
+        unusable = []
+        for lang in self.languages():
+            env = self.environment(lang)
+            env.auto_reload = False
+            root = self.directory / lang
+            for path in self.files(lang):
+                try:
+                    env.get_template(path.relative_to(root).as_posix())
+                except TemplateError as exc:
+                    unusable.append((path, exc))
+        return unusable
+
     def environment(self, lang: str) -> ImmutableSandboxedEnvironment:
         """The sandbox for ``lang``: it can load only files under templates/<lang>/."""
         if lang not in self._environments:

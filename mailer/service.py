@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from jinja2 import TemplateError
-
 from mailer.app import Rules
 from mailer.config import Settings
 from mailer.errors import ConfigError
@@ -53,18 +51,10 @@ def load_rules(settings: Settings) -> Rules:
     Jinja2 is told not to look at the files again.
     """
     rules = Rules.load(settings)
-    templates = rules.templates
-    for lang in templates.languages():
-        env = templates.environment(lang)
-        env.auto_reload = False
-        root = templates.directory / lang
-        for path in templates.files(lang):
-            try:
-                env.get_template(path.relative_to(root).as_posix())
-            except TemplateError as exc:
-                # The checks rendered every template in use (and what they include), so this
-                # file is not one of them: say so, and go on.
-                log.warning("%s: not a usable template, and not used: %s", path, exc)
+    for path, exc in rules.templates.pin():
+        # The checks rendered every template in use (and what they include), so this file is
+        # not one of them: say so, and go on.
+        log.warning("%s: not a usable template, and not used: %s", path, exc)
     return rules
 
 
