@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import pwd
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
+from mailer.errors import ConfigError
 from mailer.store.chain import GENESIS, ChainBreak, event_hash, first_break, sha256_hex
 from mailer.store.schema import MIGRATIONS
 
@@ -89,6 +92,33 @@ def _chain_rows(
     return rows, (last, prev)
 
 
+def _not_as_root(path: Path) -> None:
+    """Refuse to open, as root, a database that belongs to another user (the service's).
+
+    SQLite would create its -wal and -shm files as root, and the daemon, running as that
+    user, could then no longer write its own database.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            owner = file.stat().st_uid
+        except FileNotFoundError:
+            continue
+        if owner != 0:
+            try:
+                name = pwd.getpwuid(owner).pw_name
+            except KeyError:
+                name = str(owner)
+            raise ConfigError(
+                [
+                    f"{file}: belongs to user {name}: run mailer as that user"
+                    f" (sudo -u {name} mailer …); as root it would leave files {name} cannot"
+                    " write, and the daemon would stop"
+                ]
+            )
+
+
 class Store:
     """One open database. Writes go through ``transaction()``; events are only ever appended."""
 
@@ -110,6 +140,7 @@ class Store:
             db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _not_as_root(Path(path))
             conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
             db = sqlite_utils.Database(conn)
             # WAL lets the review page and `mailer status` read while the daemon writes;
