@@ -377,7 +377,12 @@ class Outbound:
                     ready.append(message)
             except Exception as exc:
                 self._failed(message, exc, report)
-        claimed = self._claim(ready, now)
+        try:
+            claimed = self._claim(ready, now)
+        except Exception as exc:  # the database refused: these stay queued for the next pass
+            for message in ready:
+                self._failed(message, exc, report)
+            return
         for n, message in enumerate(claimed):
             if stop():
                 self._release(claimed[n:], now)  # claimed, never started: queued again
