@@ -22,6 +22,7 @@ from mailer.flows.instalments import Instalments
 from mailer.flows.mailchimp_readback import build_channels
 from mailer.flows.mandrill_readback import build_mandrill
 from mailer.flows.outbound import MailboxPort, Outbound, TickReport
+from mailer.flows.reading import Reader
 from mailer.mailbox.imap import ImapMailbox
 from mailer.mailbox.watcher import Watcher
 from mailer.service import Service, load_rules
@@ -67,7 +68,9 @@ def make_box(identity: Identity) -> ImapMailbox:
 
 def build_watchers(app: App, clock: Clock) -> list[Watcher]:
     """One watcher per identity whose mailbox mailer can read."""
-    inbound = Inbound(app)
+    # One reader for all watchers: a catch-up classifies its next chunk in the reader's
+    # worker process while this one records the current chunk (started at the first catch-up).
+    inbound = Inbound(app, reader=Reader.for_machine())
     s = app.settings.inbound
     return [
         Watcher(
@@ -247,6 +250,8 @@ class Daemon:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._watching, return_exceptions=True)
+        for watcher in self.watchers:
+            watcher.inbound.close()  # the reader's worker process, if one was started
         for transport in self.outbound.transports.values():
             with contextlib.suppress(Exception):
                 await transport.close()

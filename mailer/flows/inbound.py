@@ -8,7 +8,8 @@ import email.policy
 import email.utils
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -17,13 +18,14 @@ from mailer.app import App
 from mailer.compose import new_message_id
 from mailer.config import is_address
 from mailer.domain.blocking import Signal, SignalKind
-from mailer.domain.classify import Classification, Kind, classify
+from mailer.domain.classify import Classification, Kind
 from mailer.domain.inbound import (
     Blocked,
     CaseFacts,
     Effect,
     Headers,
     InboundRules,
+    Match,
     Note,
     Pause,
     Queue,
@@ -42,6 +44,8 @@ from mailer.domain.inbound import (
 )
 from mailer.domain.models import CaseStatus, MessageState
 from mailer.flows.blocking import Failover
+from mailer.flows.reading import Read, Reader
+from mailer.flows.reading import read as read_one
 from mailer.flows.staff import set_case_status, to_review
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
@@ -89,8 +93,27 @@ class InboundReport:
 
 
 @dataclass
+class Chunk:
+    """Mail of one folder to record together: (uid, raw, readable) each, and where the folder's
+    checkpoint moves in the same commit (None: not in it)."""
+
+    items: list[tuple[int | None, bytes, bool]]
+    checkpoint: int | None = None
+    last: int = 0  # the folder's last UID this chunk takes the watcher past
+    bodies: dict[int, bytes] = field(default_factory=dict)  # as fetched, by UID
+
+
+@dataclass
 class Inbound:
     app: App
+    # Classifies a catch-up's next chunk in a worker process while this one records the
+    # current chunk; None: everything in-process.
+    reader: Reader | None = None
+
+    def close(self) -> None:
+        """Stop the reader's worker, if one runs (the daemon's shutdown)."""
+        if self.reader is not None:
+            self.reader.close()
 
     @property
     def rules(self) -> InboundRules:
@@ -152,80 +175,143 @@ class Inbound:
                 log.warning("%s/%s: UIDVALIDITY changed, resyncing", identity, folder)
             uids = await asyncio.to_thread(box.uids_since, folder, since)
             last = max(uidnext - 1, 0)
-        saved = None
+        target = self.app.settings.inbound.move_bounces_to
+        chunks = self._fetch(folder, uids, last, box, report, stop, in_commit=not target)
+        # A catch-up (more than one chunk) classifies the next chunk beside this one's recording.
+        async for chunk, outcomes in self.record_chunks(
+            identity, folder, validity, chunks, now, parallel=len(uids) > CHUNK
+        ):
+            for outcome in outcomes:
+                if outcome == "stored":
+                    report.stored += 1
+                elif outcome == "quarantined":
+                    report.quarantined += 1
+                elif outcome == "duplicate":
+                    report.duplicates += 1
+            if target and chunk.bodies:
+                # Opt-in tidying, after the chunk is committed: a crash before the move leaves
+                # the report where it was (and recognised by its hash if read again).
+                digests = {u: hashlib.sha256(raw).hexdigest() for u, raw in chunk.bodies.items()}
+                handled = store_inbound.handled_bounces(store, identity, folder, validity, digests)
+                if handled:
+                    report.moved += await asyncio.to_thread(
+                        box.move_messages, folder, handled, target
+                    )
+            if chunk.checkpoint is None:
+                store_inbound.save_checkpoint(store, identity, folder, validity, chunk.last, now)
+        if not uids:
+            store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
+
+    async def _fetch(
+        self,
+        folder: str,
+        uids: Sequence[int],
+        last: int,
+        box: MailboxReader,
+        report: InboundReport,
+        stop: Callable[[], bool],
+        *,
+        in_commit: bool,
+    ) -> AsyncIterator[Chunk]:
+        """The folder's new mail, a chunk at a time: headers first, then the bodies of what
+        concerns a case (or cannot be read). ``in_commit``: each chunk's commit moves the
+        folder's checkpoint past it (one fsync, not two); otherwise the caller moves it."""
+        store = self.app.store
         for start in range(0, len(uids), CHUNK):
             if stop():
                 return  # the checkpoint stays at the last whole chunk: nothing is skipped
-            chunk = uids[start : start + CHUNK]
-            last = max(last, chunk[-1])
-            if not await self._chunk(identity, folder, validity, chunk, box, now, report, last):
-                store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
-            saved = last
-        if saved != last:
-            store_inbound.save_checkpoint(store, identity, folder, validity, last, now)
+            batch = uids[start : start + CHUNK]
+            last = max(last, batch[-1])
+            headers = await asyncio.to_thread(box.fetch_headers, folder, batch)
+            report.examined += len(headers)
+            parsed: dict[int, Headers | None] = {}
+            for uid, block in headers.items():
+                try:
+                    parsed[uid] = read_headers(block)
+                except Exception:
+                    parsed[uid] = None  # unreadable: quarantined below, with its bytes
+            known = [h for h in parsed.values() if h is not None]
+            ours = store_inbound.sent_refs(
+                store, [r for h in known for r in (h.message_id, *h.refs) if r]
+            )
+            contacts = store_inbound.contact_cases(
+                store, [h.from_address for h in known if h.from_address]
+            )
+            wanted = [
+                uid
+                for uid, h in parsed.items()
+                if h is None
+                or screen(h, ours, contacts) in (Relevance.RELATED, Relevance.CANDIDATE)
+            ]
+            bodies: dict[int, bytes] = {}
+            if wanted:
+                bodies = await asyncio.to_thread(box.fetch_messages, folder, sorted(wanted))
+            items: list[tuple[int | None, bytes, bool]] = [
+                (uid, bodies[uid], parsed[uid] is not None) for uid in sorted(bodies)
+            ]
+            yield Chunk(items, last if in_commit else None, last, bodies)
 
-    async def _chunk(
+    async def record_chunks(
         self,
         identity: str,
         folder: str,
-        validity: int,
-        uids: Sequence[int],
-        box: MailboxReader,
+        validity: int | None,
+        chunks: AsyncIterable[Chunk],
         now: datetime,
-        report: InboundReport,
-        checkpoint: int,
-    ) -> bool:
-        """Read and record one chunk; True if the folder's checkpoint moved to ``checkpoint``
-        in the same commit (else the caller moves it, once the chunk is committed)."""
-        headers = await asyncio.to_thread(box.fetch_headers, folder, uids)
-        report.examined += len(headers)
-        parsed: dict[int, Headers | None] = {}
-        for uid, block in headers.items():
+        *,
+        parallel: bool = False,
+    ) -> AsyncIterator[tuple[Chunk, list[str]]]:
+        """``process_many`` over each chunk in turn, in order: each chunk with its outcomes once
+        it is committed. ``parallel`` (and a reader): the next chunk is classified in the
+        reader's worker while this process records the current one, the first one in-process
+        beside the worker's reading of the second. The outcomes and the store are the same
+        either way: classifying is pure."""
+        reader = self.reader if parallel else None
+        today = now.date()
+        held: tuple[Chunk, Future[list[Read]] | None] | None = None
+        failure: Exception | None = None
+        # The share of a chunk whose other pure work (compressing, encoding) the worker does
+        # too: more while its results are ready before they are needed, less while this
+        # process waits for them, so that neither process waits for the other for long.
+        ahead = 0.5
+        source = aiter(chunks)
+        while True:
             try:
-                parsed[uid] = read_headers(block)
-            except Exception:
-                parsed[uid] = None  # unreadable: quarantined below, with its bytes
-        known = [h for h in parsed.values() if h is not None]
-        ours = store_inbound.sent_refs(
-            self.app.store, [r for h in known for r in (h.message_id, *h.refs) if r]
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                failure = exc  # fetching the next chunk failed: the one in hand is recorded first
+                break
+            future = None
+            if reader is not None and held is not None and chunk.items:
+                future = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
+            if held is not None:
+                if held[1] is not None:
+                    ahead = min(1.0, ahead + 0.25) if held[1].done() else max(0.0, ahead - 0.25)
+                yield held[0], await self._record_chunk(identity, folder, validity, *held, now)
+            held = (chunk, future)
+        if held is not None:
+            yield held[0], await self._record_chunk(identity, folder, validity, *held, now)
+        if failure is not None:
+            raise failure
+
+    async def _record_chunk(
+        self,
+        identity: str,
+        folder: str,
+        validity: int | None,
+        chunk: Chunk,
+        future: Future[list[Read]] | None,
+        now: datetime,
+    ) -> list[str]:
+        reads = None
+        if future is not None and self.reader is not None:
+            raws = [raw for _uid, raw, _ok in chunk.items]
+            reads = await self.reader.result(future, raws, now.date())
+        return self.process_many(
+            identity, folder, validity, chunk.items, now, checkpoint=chunk.checkpoint, read=reads
         )
-        contacts = store_inbound.contact_cases(
-            self.app.store, [h.from_address for h in known if h.from_address]
-        )
-        wanted = [
-            uid
-            for uid, h in parsed.items()
-            if h is None or screen(h, ours, contacts) in (Relevance.RELATED, Relevance.CANDIDATE)
-        ]
-        if not wanted:
-            return False
-        bodies = await asyncio.to_thread(box.fetch_messages, folder, sorted(wanted))
-        items = [(uid, bodies[uid], parsed[uid] is not None) for uid in sorted(bodies)]
-        target = self.app.settings.inbound.move_bounces_to
-        # The checkpoint passes the chunk in the chunk's own commit: one fsync, not two. With
-        # reports to move it waits for the move, so a crash before the move reads them again
-        # (recognised by their hash) and moves them then.
-        outcomes = self.process_many(
-            identity, folder, validity, items, now, checkpoint=None if target else checkpoint
-        )
-        for outcome in outcomes:
-            if outcome == "stored":
-                report.stored += 1
-            elif outcome == "quarantined":
-                report.quarantined += 1
-            elif outcome == "duplicate":
-                report.duplicates += 1
-        if target:
-            # Opt-in tidying, after the chunk is committed: a crash before the move leaves the
-            # report where it was (and recognised by its hash if read again).
-            digests = {uid: hashlib.sha256(raw).hexdigest() for uid, raw in bodies.items()}
-            handled = store_inbound.handled_bounces(
-                self.app.store, identity, folder, validity, digests
-            )
-            if handled:
-                moved = await asyncio.to_thread(box.move_messages, folder, handled, target)
-                report.moved += moved
-        return not target
 
     def process_many(
         self,
@@ -236,11 +322,13 @@ class Inbound:
         now: datetime,
         *,
         checkpoint: int | None = None,
+        read: Sequence[Read] | None = None,
     ) -> list[str]:
         """``process`` for a chunk of (uid, raw, readable), committed together: one fsync per
         chunk, not per message. One message that fails is rolled back alone and quarantined,
         and the rest of the chunk stands. With ``checkpoint`` (and ``validity``), the folder's
-        checkpoint moves there in the same commit.
+        checkpoint moves there in the same commit. ``read``: each item's SHA-256 and
+        classification, when already made (by the reader's worker); else they are made here.
 
         The messages are classified before the write lock is taken (classifying is pure), and
         what the chunk needs from the store is read once. The chunk is recorded in one savepoint,
@@ -251,39 +339,46 @@ class Inbound:
         """
         store = self.app.store
         rules = self.rules
-        read = [(uid, raw, readable, *_read(raw, now)) for uid, raw, readable in items]
+        if read is None:
+            read = [read_one(raw, now.date()) for _uid, raw, _readable in items]
+        mails = [
+            _Mail(uid, raw, readable, r.digest, r.c, r.packed, r.row)
+            for (uid, raw, readable), r in zip(items, read, strict=True)
+        ]
         with store.transaction():
             try:
                 with store.savepoint(), store.batched_events():
-                    known = _Known.load(store, read)
+                    known = _Known.load(store, mails)
                     done = [
-                        self._record(identity, folder, validity, uid, raw, digest, c, readable,
-                                     known, rules, now)
-                        for uid, raw, readable, digest, c in read
-                    ]  # fmt: skip
+                        self._record(identity, folder, validity, mail, known, rules, now)
+                        for mail in mails
+                    ]
             except Exception:
                 log.info("inbound chunk failed: recording %s/%s one by one", identity, folder)
                 done = []
-                known = _Known.load(store, read)
-                for uid, raw, readable, digest, c in read:
+                known = _Known.load(store, mails)
+                for mail in mails:
                     try:
                         with store.savepoint():
                             done.append(
-                                self._record(identity, folder, validity, uid, raw, digest, c,
-                                             readable, known, rules, now)
-                            )  # fmt: skip
+                                self._record(identity, folder, validity, mail, known, rules, now)
+                            )
                     except Exception as exc:  # one bad message never stops the pass
-                        log.exception("inbound message failed: %s/%s uid %s", identity, folder, uid)
-                        self._quarantine(identity, folder, validity, uid, raw, None, repr(exc), now)
-                        known.digests.add(digest)
+                        log.exception(
+                            "inbound message failed: %s/%s uid %s", identity, folder, mail.uid
+                        )
+                        self._quarantine(
+                            identity, folder, validity, mail.uid, mail.raw, None, repr(exc), now
+                        )
+                        known.digests.add(mail.digest)
+                        # What the failed message's savepoint took back may have been cached.
+                        known.forget(mail.found.case_id if mail.found else None)
                         done.append(("quarantined", None, repr(exc)))
             if checkpoint is not None and validity is not None:
                 store_inbound.save_checkpoint(store, identity, folder, validity, checkpoint, now)
         # Logged once the chunk stands: a chunk recorded again logs each message once.
-        for (uid, _raw, _readable, _digest, c), (outcome, case_id, why) in zip(
-            read, done, strict=True
-        ):
-            _log_outcome(identity, folder, uid, c, outcome, case_id, why)
+        for mail, (outcome, case_id, why) in zip(mails, done, strict=True):
+            _log_outcome(identity, folder, mail.uid, mail.c, outcome, case_id, why)
         return [outcome for outcome, _case, _why in done]
 
     # --- one message -----------------------------------------------------------------------
@@ -301,12 +396,13 @@ class Inbound:
     ) -> str:
         """Classify, match and act on one message: 'stored', 'duplicate', 'quarantined' or
         'unrelated' (a report about someone else's mail: dropped, not even logged)."""
-        digest, c = _read(raw, now)
-        known = _Known.load(self.app.store, [(uid, raw, readable, digest, c)])
+        r = read_one(raw, now.date())
+        mail = _Mail(uid, raw, readable, r.digest, r.c, r.packed, r.row)
+        known = _Known.load(self.app.store, [mail])
         outcome, case_id, why = self._record(
-            identity, folder, validity, uid, raw, digest, c, readable, known, self.rules, now
+            identity, folder, validity, mail, known, self.rules, now
         )
-        _log_outcome(identity, folder, uid, c, outcome, case_id, why)
+        _log_outcome(identity, folder, uid, mail.c, outcome, case_id, why)
         return outcome
 
     def _record(
@@ -314,46 +410,42 @@ class Inbound:
         identity: str,
         folder: str,
         validity: int | None,
-        uid: int | None,
-        raw: bytes,
-        digest: str,
-        c: Classification,
-        readable: bool,
+        mail: _Mail,
         known: _Known,
         rules: InboundRules,
         now: datetime,
     ) -> tuple[str, int | None, str]:
         """Match and act on one classified message; (outcome, case id, why quarantined)."""
         store = self.app.store
+        uid, raw, digest, c = mail.uid, mail.raw, mail.digest, mail.c
         message_id = c.message_id
         if digest in known.digests or (message_id is not None and message_id in known.message_ids):
             return "duplicate", None, ""
-        if not readable or c.errors:
+        if not mail.readable or c.errors:
             case = self._case_hint(c)
             why = "; ".join(c.errors) or "unreadable header"
             self._quarantine(identity, folder, validity, uid, raw, case, why, now)
             known.digests.add(digest)
             return "quarantined", case, why
-        cited = cited_ids(c)
-        sent = {ref: known.sent[ref] for ref in cited if ref in known.sent}
-        if message_id is not None and message_id in sent:
+        if message_id is not None and message_id in mail.cited and message_id in known.sent:
             return "unrelated", None, ""  # our own receipt copy, caught after a header-only miss
-        found = match(c, sent, known.contacts)
+        found = mail.found
         if found is None:
             return "unrelated", None, ""
-        facts = store_inbound.case_facts(store, found.case_id)
+        facts = known.case_facts(store, found.case_id)
         if facts is None:
             return "unrelated", None, ""
         effects = decide(c, facts, found.message, rules, now)
         with store.transaction():
-            store.put_blob(raw, digest)
+            store.put_blob(raw, digest, mail.packed)
             classification = c.to_json()
             row = store_inbound.insert(
                 store, identity=identity, folder=folder, uidvalidity=validity, uid=uid,
                 message_id=message_id, sha256=digest, state="handled", kind=c.kind.value,
                 case_id=facts.case_id,
                 related_message=found.message.row_id if found.message else None,
-                from_address=c.from_address, subject=c.subject, classification=classification,
+                from_address=c.from_address, subject=c.subject,
+                classification=classification if mail.row is None else mail.row,
                 error=None, now=now,
             )  # fmt: skip
             store.append_event(
@@ -384,16 +476,21 @@ class Inbound:
                 store.conn.execute(
                     "UPDATE contacts SET soft_bounces = 0 WHERE address = ?", (c.from_address,)
                 )
+                known.forget_address(c.from_address)
                 fresh = False
             self._signal(c, facts.case_id, found.message, now)
             for effect in effects:
-                self.apply_effect(
-                    effect, facts, now, identity=identity, inbound_id=row, fresh=fresh
-                )
+                changed = self.apply_effect(
+                    effect, facts, now, identity=identity, inbound_id=row, fresh=fresh,
+                    withdraw=facts.case_id in known.pending,
+                )  # fmt: skip
                 if isinstance(effect, SoftBounce):
                     known.soft_bounced.add(effect.address.lower())
-                # Only a review item or a note leaves the facts as they were.
-                fresh = fresh and isinstance(effect, (Queue, Note))
+                if isinstance(effect, (Resend, Blocked)):
+                    known.pending.add(facts.case_id)  # a message may now wait to go
+                if changed:
+                    fresh = False
+                    known.forget(facts.case_id)
         known.digests.add(digest)
         if message_id is not None:
             known.message_ids.add(message_id)
@@ -475,13 +572,16 @@ class Inbound:
         inbound_id: int | None = None,
         source: str = "dsn",
         fresh: bool = False,
-    ) -> None:
-        """Carry out one decided effect on the case (in the caller's transaction).
+        withdraw: bool = True,
+    ) -> bool:
+        """Carry out one decided effect on the case (in the caller's transaction); whether it
+        may have changed the case's facts (status, pause, contacts).
 
         ``identity`` is the mailbox the news came through (the sender, when the message it is
         about is unknown); ``source`` says how a refusal was seen: "dsn" or "smtp". ``fresh``
         says ``facts`` were read in this transaction and nothing changed the case since, so
-        they need not be read again.
+        they need not be read again. ``withdraw`` False says the caller knows the case has no
+        message waiting to go, so a pause or a lost address has nothing to withdraw.
         """
         store = self.app.store
         case_id = facts.case_id
@@ -494,10 +594,13 @@ class Inbound:
                     now, "case_unchanged", {"wanted": "pause", "reason": effect.reason,
                                             "status": current.status.value}, case_id=case_id,
                 )  # fmt: skip
-                return
+                return False
             status, until = change
             set_case_status(store, case_id, status, now, "mailer", effect.reason[:500], until)
-            outbox.cancel_pending(store, case_id, now, {"reason": f"case paused: {effect.reason}"})
+            if withdraw:
+                outbox.cancel_pending(
+                    store, case_id, now, {"reason": f"case paused: {effect.reason}"}
+                )
         elif isinstance(effect, ToReview):
             current = facts if fresh else store_inbound.case_facts(store, case_id)
             assert current is not None
@@ -507,6 +610,7 @@ class Inbound:
                 store, case_id, inbound_id, effect.reason,
                 effect.intent.value if effect.intent else None, effect.text, now,
             )  # fmt: skip
+            return False
         elif isinstance(effect, SetContact):
             store.conn.execute(
                 "UPDATE contacts SET status = ?, status_reason = ?, updated_at = ?"
@@ -519,10 +623,11 @@ class Inbound:
                  "reason": effect.reason[:500]},
                 case_id=case_id,
             )  # fmt: skip
-            outbox.cancel_pending(
-                store, case_id, now,
-                {"reason": f"{effect.address} {effect.status.value}"}, only_to=effect.address,
-            )  # fmt: skip
+            if withdraw:
+                outbox.cancel_pending(
+                    store, case_id, now,
+                    {"reason": f"{effect.address} {effect.status.value}"}, only_to=effect.address,
+                )  # fmt: skip
             self._look_now(case_id, now)
         elif isinstance(effect, SoftBounce):
             store.conn.execute(
@@ -540,6 +645,8 @@ class Inbound:
                 Failover(self.app).observe(case_id, signal, effect.message, now)
         elif isinstance(effect, Note):
             store.append_event(now, "mail_noted", {"note": effect.what[:500]}, case_id=case_id)
+            return False
+        return True
 
     def _look_now(self, case_id: int, now: datetime) -> None:
         self.app.store.conn.execute(
@@ -614,9 +721,20 @@ def _summary(c: Classification, data: dict[str, object]) -> dict[str, object]:
     return {**data, "reply_text": c.reply_text[:4000]}
 
 
-def _read(raw: bytes, now: datetime) -> tuple[str, Classification]:
-    """The pure part of handling a message: its SHA-256 and its classification."""
-    return hashlib.sha256(raw).hexdigest(), classify(raw, today=now.date())
+@dataclass(slots=True)
+class _Mail:
+    """One message of a chunk: as fetched, what the pure reading made of it, and (once the
+    chunk's store reads are done) what it cites and the case it matches."""
+
+    uid: int | None
+    raw: bytes
+    readable: bool
+    digest: str
+    c: Classification
+    packed: bytes | None
+    row: str | None
+    cited: list[str] = field(default_factory=list)
+    found: Match | None = None
 
 
 @dataclass
@@ -627,29 +745,61 @@ class _Known:
     digests: set[str]  # of mail on file (dedupe by content)
     message_ids: set[str]  # of mail on file (dedupe by Message-ID)
     sent: dict[str, SentRef]  # our messages the chunk cites
-    contacts: dict[str, int]  # debtor addresses of the chunk → case
     # Senders of the chunk (lower case) with soft bounces counted: the only addresses whose
     # count an answer has to reset.
     soft_bounced: set[str]
+    # Facts of the cases the chunk's messages match, dropped as soon as something may change
+    # them (then read again): most messages of a catch-up find their case as the one before
+    # left it.
+    facts: dict[int, CaseFacts]
+    # Cases with messages waiting to go (the only ones a pause or a lost address withdraws).
+    pending: set[int]
 
     @classmethod
-    def load(
-        cls, store: Store, read: Sequence[tuple[int | None, bytes, bool, str, Classification]]
-    ) -> _Known:
-        classified = [c for *_, c in read]
+    def load(cls, store: Store, mails: Sequence[_Mail]) -> _Known:
+        """Read what the chunk needs, and match each message to its case (what matching reads,
+        our messages and the debtors' addresses, recording the chunk does not change)."""
         digests, message_ids = store_inbound.stored_keys(
-            store, [digest for *_, digest, _c in read], [c.message_id for c in classified]
+            store, [m.digest for m in mails], [m.c.message_id for m in mails]
         )
-        sent = store_inbound.sent_refs(store, [ref for c in classified for ref in cited_ids(c)])
-        senders = [c.from_address for c in classified if c.from_address]
-        addresses = [r.address for c in classified for r in c.recipients] + senders
+        for m in mails:
+            m.cited = cited_ids(m.c)
+        sent = store_inbound.sent_refs(store, [ref for m in mails for ref in m.cited])
+        senders = [m.c.from_address for m in mails if m.c.from_address]
+        addresses = [r.address for m in mails for r in m.c.recipients] + senders
+        contacts = store_inbound.contact_cases(store, addresses)
+        for m in mails:
+            m.found = match(m.c, {ref: sent[ref] for ref in m.cited if ref in sent}, contacts)
+        cases = {m.found.case_id for m in mails if m.found is not None}
         return cls(
             digests,
             message_ids,
             sent,
-            store_inbound.contact_cases(store, addresses),
             store_inbound.soft_bounced(store, senders),
+            store_inbound.cases_facts(store, cases),
+            store_inbound.cases_with_pending(store, cases),
         )
+
+    def case_facts(self, store: Store, case_id: int) -> CaseFacts | None:
+        """The case's facts as the store has them now (read again once dropped)."""
+        facts = self.facts.get(case_id)
+        if facts is None:
+            facts = store_inbound.case_facts(store, case_id)
+            if facts is not None:
+                self.facts[case_id] = facts
+        return facts
+
+    def forget(self, case_id: int | None) -> None:
+        if case_id is not None:
+            self.facts.pop(case_id, None)
+
+    def forget_address(self, address: str) -> None:
+        """Drop the facts of every case with this contact address (its row changed)."""
+        lower = address.lower()
+        for case_id in [
+            k for k, f in self.facts.items() if any(a.lower() == lower for a, *_ in f.contacts)
+        ]:
+            del self.facts[case_id]
 
 
 def _log_outcome(
@@ -661,7 +811,7 @@ def _log_outcome(
     case_id: int | None,
     why: str,
 ) -> None:
-    if outcome == "stored":
+    if outcome == "stored" and log.isEnabledFor(logging.INFO):
         log.info(
             "case %s: %s%s from %s", case_id, c.kind.value,
             f" ({c.intent.value})" if c.intent else "", c.from_address or "?",

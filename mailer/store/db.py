@@ -357,16 +357,17 @@ class Store:
 
     # --- content-addressed raw messages -------------------------------------------------------
 
-    def put_blob(self, data: bytes, digest: str | None = None) -> str:
+    def put_blob(self, data: bytes, digest: str | None = None, packed: bytes | None = None) -> str:
         """Store ``data`` once under its SHA-256 (compressed); returns the hex digest.
 
-        ``digest``, when the caller has it already, must be ``sha256(data).hexdigest()``.
+        ``digest`` and ``packed``, when the caller has them already (made in another process),
+        must be ``sha256(data).hexdigest()`` and ``compress(data)``.
         """
         if digest is None:
             digest = hashlib.sha256(data).hexdigest()
         self.conn.execute(
             "INSERT OR IGNORE INTO blobs (sha256, size, data) VALUES (?, ?, ?)",
-            (digest, len(data), compress(data)),
+            (digest, len(data), compress(data) if packed is None else packed),
         )
         return digest
 

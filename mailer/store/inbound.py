@@ -16,6 +16,11 @@ _CHUNK = 500  # SQLite's default host-parameter limit is far above this
 _JSON = json.JSONEncoder(ensure_ascii=False)  # as json.dumps(..., ensure_ascii=False), built once
 
 
+def encode_classification(data: dict[str, Any]) -> str:
+    """A classification (``Classification.to_json()``) as the inbound row keeps it."""
+    return _JSON.encode(data)
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     uidvalidity: int
@@ -115,24 +120,56 @@ def soft_bounced(store: Store, addresses: Iterable[str]) -> set[str]:
 
 
 def case_facts(store: Store, case_id: int) -> CaseFacts | None:
-    rows = store.conn.execute(
-        "SELECT k.status, k.paused_until, d.kind, d.timezone, c.address, c.status, c.soft_bounces"
-        " FROM cases k JOIN debtors d ON d.id = k.debtor_id"
-        " LEFT JOIN contacts c ON c.debtor_id = k.debtor_id WHERE k.id = ?"
-        " ORDER BY c.position, c.id",
-        (case_id,),
-    ).fetchall()
-    if not rows:
-        return None
-    status, paused_until, kind, timezone = rows[0][:4]
-    return CaseFacts(
-        case_id=case_id,
-        status=CaseStatus(status),
-        paused_until=datetime.fromisoformat(paused_until) if paused_until else None,
-        debtor_kind=DebtorKind(kind),
-        timezone=timezone,
-        contacts=tuple((a, ContactStatus(s), int(n)) for *_, a, s, n in rows if a is not None),
-    )
+    return cases_facts(store, [case_id]).get(case_id)
+
+
+def cases_facts(store: Store, case_ids: Iterable[int]) -> dict[int, CaseFacts]:
+    """``case_facts`` of many cases, read together: case id → facts (absent: no such case)."""
+    wanted = sorted(set(case_ids))
+    found: dict[int, CaseFacts] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        rows: dict[int, list[tuple[Any, ...]]] = {}
+        for row in store.conn.execute(
+            "SELECT k.id, k.status, k.paused_until, d.kind, d.timezone, c.address, c.status,"
+            " c.soft_bounces FROM cases k JOIN debtors d ON d.id = k.debtor_id"
+            " LEFT JOIN contacts c ON c.debtor_id = k.debtor_id"
+            f" WHERE k.id IN ({', '.join('?' * len(chunk))}) ORDER BY k.id, c.position, c.id",
+            tuple(chunk),
+        ):
+            rows.setdefault(row[0], []).append(row)
+        for case_id, case_rows in rows.items():
+            _id, status, paused_until, kind, timezone = case_rows[0][:5]
+            found[case_id] = CaseFacts(
+                case_id=case_id,
+                status=CaseStatus(status),
+                paused_until=datetime.fromisoformat(paused_until) if paused_until else None,
+                debtor_kind=DebtorKind(kind),
+                timezone=timezone,
+                contacts=tuple(
+                    (a, ContactStatus(s), int(n)) for *_, a, s, n in case_rows if a is not None
+                ),
+            )
+    return found
+
+
+def cases_with_pending(store: Store, case_ids: Iterable[int]) -> set[int]:
+    """Which of these cases have messages not yet handed to a server: the ones
+    ``outbox.cancel_pending`` would withdraw (same states)."""
+    wanted = sorted(set(case_ids))
+    found: set[int] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        found.update(
+            int(r[0])
+            for r in store.conn.execute(
+                "SELECT DISTINCT case_id FROM messages"
+                " WHERE state IN ('queued', 'deferred', 'awaiting_approval')"
+                f" AND case_id IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk),
+            )
+        )
+    return found
 
 
 def handled_bounces(
@@ -202,10 +239,12 @@ def insert(
     related_message: int | None,
     from_address: str | None,
     subject: str,
-    classification: dict[str, Any],
+    classification: dict[str, Any] | str,
     error: str | None,
     now: datetime,
 ) -> int:
+    """One stored message; ``classification`` as ``to_json()`` gives it, or already encoded
+    (``encode_classification``)."""
     cursor = store.conn.execute(
         "INSERT INTO inbound (identity, folder, uidvalidity, uid, message_id, raw_sha256, state,"
         " kind, case_id, related_message, from_address, subject, classification, error,"
@@ -213,7 +252,8 @@ def insert(
         (
             identity, folder, uidvalidity, uid, message_id, sha256, state, kind, case_id,
             related_message, from_address, subject[:500],
-            _JSON.encode(classification), error, iso(now),
+            classification if isinstance(classification, str)
+            else encode_classification(classification), error, iso(now),
         ),
     )  # fmt: skip
     return int(cursor.lastrowid or 0)

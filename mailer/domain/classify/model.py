@@ -86,6 +86,13 @@ class FailedRecipient:
             return self.permanent  # a null MX is final; a 4xx "not accepting" may pass
         return self.reason in HARD_REASONS
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent back from the reader's worker process: rebuilt by a plain constructor call,
+        # twice as fast to unpickle as the dataclass's generic state (see Classification).
+        return FailedRecipient, (
+            self.address, self.reason, self.status, self.permanent, self.diagnostic,
+        )  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -113,6 +120,16 @@ class Classification:
     errors: tuple[
         str, ...
     ] = ()  # what could not be read; a non-empty tuple means quarantine-worthy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A catch-up's classifications come back from the reader's worker process by the
+        # thousand, to the process that records them and limits the catch-up: a constructor
+        # call unpickles in half the time of the dataclass's generic __getstate__/__setstate__.
+        return Classification, (
+            self.kind, self.recipients, self.intent, self.promised_date, self.return_date,
+            self.reply_text, self.references, self.original_message_id, self.from_address,
+            self.message_id, self.subject, self.errors,
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
