@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -200,9 +201,18 @@ class Daemon:
             task = asyncio.ensure_future(self.tick())
             await self._finish(task)
             if not self.stopping:
+                self._checkpoint()
                 await self.service.after_tick(self)
             await self._snooze()
         await self.close()
+
+    def _checkpoint(self) -> None:
+        """Between ticks, while little is being written: the WAL copied into the database
+        (SQLite does it by itself only every 64 MB: see Store.open)."""
+        try:
+            self.app.store.checkpoint()
+        except sqlite3.Error as exc:  # busy or full: the next tick, or SQLite's own, will do
+            log.warning("WAL checkpoint failed: %s", exc)
 
     async def _wait(self, task: asyncio.Future[Any] | None, timeout: float | None) -> None:
         """Until ``task`` ends, a stop or reload request, or ``timeout``; then feed the watchdog."""
