@@ -55,3 +55,18 @@ def test_a_commit_that_need_not_wait_for_the_disk_leaves_the_next_one_durable(
     assert _synchronous(store) == 2
     assert [e["kind"] for e in store.events()] == ["planned", "nested"]
     assert store.verify_chain() is None
+
+
+def test_the_wal_is_copied_back_when_the_daemon_says_not_every_thousand_pages(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "mailer.db")
+    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16384
+    with store.transaction():
+        for n in range(3000):  # well past SQLite's default 1,000 pages of WAL
+            store.put_blob(os.urandom(2048) + str(n).encode())
+    database = tmp_path / "mailer.db"
+    # Written to the WAL, not yet copied back: the database file has not grown.
+    assert database.stat().st_size < 1_000_000
+    store.checkpoint()
+    assert database.stat().st_size > 6_000_000  # all of it in the database now
