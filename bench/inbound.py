@@ -46,6 +46,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from procstat import children_cpu  # bench/, this script's directory
+
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.demo import write_config
@@ -183,25 +185,6 @@ async def catch_up(inbound: Inbound, messages: list[bytes]) -> list[str]:
     ):
         outcomes += done
     return outcomes
-
-
-def children_cpu() -> float | None:
-    """CPU seconds used so far by this process's live children (the reader's worker); Linux."""
-    try:
-        total = 0
-        tick = os.sysconf("SC_CLK_TCK")
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid():
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / tick
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def one_process(inbound: Inbound, messages: list[bytes]) -> list[str]:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiosmtplib
+from procstat import cpu_seconds  # bench/, this script's directory
 
 from mailer.app import App
 from mailer.config import load_settings
@@ -121,12 +122,9 @@ def counted(
     return wrapper
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """CPU time used so far by process ``pid`` (the sink's), 0 when it runs in this process."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def sink_cpu(pid: int | None) -> float:
+    """CPU seconds the sink has used so far; 0 when it runs in this process."""
+    return 0.0 if pid is None else cpu_seconds(pid)
 
 
 def main() -> None:
@@ -178,11 +176,11 @@ def main() -> None:
             for transport in transports.values():
                 await transport.close()
 
-        sink_start = cpu_seconds(srv.pid)
+        sink_start = sink_cpu(srv.pid)
         start, cpu_start = time.perf_counter(), time.process_time()
         asyncio.run(whole_path())
         done, cpu = time.perf_counter(), time.process_time() - cpu_start
-        sink_ours = cpu_seconds(srv.pid) - sink_start
+        sink_ours = sink_cpu(srv.pid) - sink_start
         assert report.sent == n and not report.errors, report
         copy = IDENTITIES["cobros"][0]
         jobs = [
@@ -192,7 +190,7 @@ def main() -> None:
         raw_start, raw_cpu_start = time.perf_counter(), time.process_time()
         asyncio.run(raw_send(srv.smtp_host, srv.smtp_port, jobs, conns))
         floor, raw_cpu = time.perf_counter() - raw_start, time.process_time() - raw_cpu_start
-        sink_raw = cpu_seconds(srv.pid) - sink_start - sink_ours
+        sink_raw = sink_cpu(srv.pid) - sink_start - sink_ours
         app.store.close()
     ours = done - start
     where = "in this process" if args.sink_in_process else "in its own process"

@@ -135,14 +135,14 @@ def drawn_ids_masked(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, list
     return {name: [tuple(map(mask, row)) for row in rows] for name, rows in tables.items()}
 
 
-def run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, failing: bool
-) -> tuple[list[str], App]:
-    # Message-IDs and boundaries from a counter: two runs of the same mail write the same.
+def pinned_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Message-IDs and boundaries from a counter: two runs of the same mail write the same."""
     counter = itertools.count()
     monkeypatch.setattr(secrets, "token_hex", lambda n=32: f"{next(counter):0{2 * n}x}")
-    mails = mailbox(failing)
-    app = open_app(tmp_path)
+
+
+def explode_on_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deciding on a reply that says "explode" raises, as a bug would: for the rollback paths."""
     real = flow.decide
 
     def flaky(c, *args, **kw):  # type: ignore[no-untyped-def]
@@ -151,6 +151,15 @@ def run(
         return real(c, *args, **kw)
 
     monkeypatch.setattr(flow, "decide", flaky)
+
+
+def run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, failing: bool
+) -> tuple[list[str], App]:
+    pinned_ids(monkeypatch)
+    mails = mailbox(failing)
+    app = open_app(tmp_path)
+    explode_on_marker(monkeypatch)
     inbound = Inbound(app)
     items = [(uid, raw, uid != 13) for uid, raw in enumerate(mails, 1)]  # 13: header unreadable
     outcomes: list[str] = []

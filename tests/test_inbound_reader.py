@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import multiprocessing
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -16,9 +14,16 @@ from pathlib import Path
 
 import pytest
 from daemonproc import import_ledger, ledger, mailer_run, set_daemon, wait_for
-from test_inbound_chunk import NOW, TABLES, dump, mailbox, open_app
+from test_inbound_chunk import (
+    NOW,
+    TABLES,
+    dump,
+    explode_on_marker,
+    mailbox,
+    open_app,
+    pinned_ids,
+)
 
-import mailer.flows.inbound as flow
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.demo import IDENTITIES, write_config
@@ -37,12 +42,6 @@ def reader() -> Iterator[Reader]:
         pytest.skip("no worker process on this machine")
     yield found
     found.close()
-
-
-def pinned_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Message-IDs drawn from a counter: two runs of the same mail write the same."""
-    counter = itertools.count()
-    monkeypatch.setattr(secrets, "token_hex", lambda n=32: f"{next(counter):0{2 * n}x}")
 
 
 def items(mails: list[bytes]) -> list[tuple[int | None, bytes, bool]]:
@@ -101,14 +100,7 @@ def test_the_worker_path_records_what_one_process_does(
 def test_a_message_that_fails_in_the_recording_is_quarantined_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: Reader
 ) -> None:
-    real = flow.decide
-
-    def flaky(c, *args, **kw):  # type: ignore[no-untyped-def]
-        if "explode" in c.reply_text:
-            raise RuntimeError("a bug met this message")
-        return real(c, *args, **kw)
-
-    monkeypatch.setattr(flow, "decide", flaky)
+    explode_on_marker(monkeypatch)
     app = open_app(tmp_path / "app")
     outcomes = asyncio.run(caught_up(Inbound(app, reader=reader), mailbox(failing=True), 4))
     assert "quarantined" in outcomes

@@ -6,12 +6,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from mailer.domain.inbound import CaseFacts, SentRef
 from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
 from mailer.store.db import Store, iso
 
+T = TypeVar("T")
 _CHUNK = 500  # SQLite's default host-parameter limit is far above this
 _JSON = json.JSONEncoder(ensure_ascii=False)  # as json.dumps(..., ensure_ascii=False), built once
 
@@ -52,7 +53,7 @@ def save_checkpoint(
         )
 
 
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
 
@@ -127,8 +128,7 @@ def cases_facts(store: Store, case_ids: Iterable[int]) -> dict[int, CaseFacts]:
     """``case_facts`` of many cases, read together: case id → facts (absent: no such case)."""
     wanted = sorted(set(case_ids))
     found: dict[int, CaseFacts] = {}
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
+    for chunk in _chunks(wanted):
         rows: dict[int, list[tuple[Any, ...]]] = {}
         for row in store.conn.execute(
             "SELECT k.id, k.status, k.paused_until, d.kind, d.timezone, c.address, c.status,"
@@ -158,8 +158,7 @@ def cases_with_pending(store: Store, case_ids: Iterable[int]) -> set[int]:
     ``outbox.cancel_pending`` would withdraw (same states)."""
     wanted = sorted(set(case_ids))
     found: set[int] = set()
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
+    for chunk in _chunks(wanted):
         found.update(
             int(r[0])
             for r in store.conn.execute(
@@ -181,8 +180,7 @@ def handled_bounces(
     """
     found: list[int] = []
     items = sorted(bodies.items())
-    for i in range(0, len(items), _CHUNK):
-        chunk = items[i : i + _CHUNK]
+    for chunk in _chunks(items):
         found.extend(
             int(r[0])
             for r in store.conn.execute(
