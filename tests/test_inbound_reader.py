@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -48,7 +49,9 @@ def items(mails: list[bytes]) -> list[tuple[int | None, bytes, bool]]:
     return [(uid, raw, uid != 13) for uid, raw in enumerate(mails, 1)]  # 13: header unreadable
 
 
-async def caught_up(inbound: Inbound, mails: list[bytes], size: int) -> list[str]:
+async def caught_up(
+    inbound: Inbound, mails: list[bytes], size: int, *, durable_each: bool = True
+) -> list[str]:
     async def chunks() -> AsyncIterator[Chunk]:
         every = items(mails)
         for start in range(0, len(every), size):
@@ -56,7 +59,7 @@ async def caught_up(inbound: Inbound, mails: list[bytes], size: int) -> list[str
 
     outcomes: list[str] = []
     async for _chunk, done in inbound.record_chunks(
-        "cobros", "INBOX", 1, chunks(), NOW, parallel=True
+        "cobros", "INBOX", 1, chunks(), NOW, parallel=True, durable_each=durable_each
     ):
         outcomes += done
     return outcomes
@@ -95,6 +98,38 @@ def test_the_worker_path_records_what_one_process_does(
     assert app.store.verify_chain() is None
     for each in (alone, app):
         each.store.close()
+
+
+def test_a_catch_up_waits_for_the_disk_once_at_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: Reader
+) -> None:
+    """Chunks followed by another commit without an fsync, the last one with it (which makes
+    the earlier ones durable too); the records and the checkpoint are the same either way."""
+    mails = mailbox(failing=False)
+    pinned_ids(monkeypatch)
+    each = open_app(tmp_path / "each")
+    asyncio.run(caught_up(Inbound(each, reader=reader), mails, 4))
+    commits: list[bool] = []
+    transaction = Store.transaction
+
+    def spy(self: Store, *, durable: bool = True) -> contextlib.AbstractContextManager[object]:
+        if not self.conn.in_transaction:
+            commits.append(durable)
+        return transaction(self, durable=durable)
+
+    pinned_ids(monkeypatch)
+    app = open_app(tmp_path / "last")
+    monkeypatch.setattr(Store, "transaction", spy)
+    asyncio.run(caught_up(Inbound(app, reader=reader), mails, 4, durable_each=False))
+    chunks = -(-len(mails) // 4)
+    assert commits == [False] * (chunks - 1) + [True]
+    # The connection is back to waiting for the disk after each quick commit.
+    assert app.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    expected, got = dump(each.store), dump(app.store)
+    for table in TABLES:
+        assert got[table] == expected[table], table
+    for done in (each, app):
+        done.store.close()
 
 
 def test_a_message_that_fails_in_the_recording_is_quarantined_as_before(

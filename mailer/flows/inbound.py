@@ -50,10 +50,12 @@ from mailer.flows.staff import set_case_status, to_review
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
-from mailer.store.db import Store, iso
+from mailer.store.db import Canonical, Store, iso
+from mailer.store.inbound import encode_classification
 
 log = logging.getLogger(__name__)
 CHUNK = 200  # messages fetched per round trip; the checkpoint advances after each chunk
+_EVENT_REPLY_TEXT = 4000  # characters of a reply kept in its mail_received event
 
 
 class MailboxReader(Protocol):
@@ -179,8 +181,9 @@ class Inbound:
         chunks = self._fetch(folder, uids, last, box, report, stop, in_commit=not target)
         # A catch-up (more than one chunk) classifies the next chunk beside this one's recording.
         async for chunk, outcomes in self.record_chunks(
-            identity, folder, validity, chunks, now, parallel=len(uids) > CHUNK
-        ):
+            identity, folder, validity, chunks, now, parallel=len(uids) > CHUNK,
+            durable_each=bool(target),  # the move below must follow a durable commit
+        ):  # fmt: skip
             for outcome in outcomes:
                 if outcome == "stored":
                     report.stored += 1
@@ -260,12 +263,19 @@ class Inbound:
         now: datetime,
         *,
         parallel: bool = False,
+        durable_each: bool = True,
     ) -> AsyncIterator[tuple[Chunk, list[str]]]:
         """``process_many`` over each chunk in turn, in order: each chunk with its outcomes once
         it is committed. ``parallel`` (and a reader): the next chunk is classified in the
         reader's worker while this process records the current one, the first one in-process
         beside the worker's reading of the second. The outcomes and the store are the same
-        either way: classifying is pure."""
+        either way: classifying is pure.
+
+        ``durable_each`` False: a chunk followed by another commits without waiting for the
+        disk, and the last one durably, which makes the earlier ones durable too (see
+        ``Store.transaction``). A power cut in between loses those chunks together with the
+        folder checkpoint they moved, so their mail is read again from the mailbox: nothing
+        is lost. Only for callers that act on nothing outside the store between chunks."""
         reader = self.reader if parallel else None
         today = now.date()
         held: tuple[Chunk, Future[list[Read]] | None] | None = None
@@ -289,7 +299,10 @@ class Inbound:
             if held is not None:
                 if held[1] is not None:
                     ahead = min(1.0, ahead + 0.25) if held[1].done() else max(0.0, ahead - 0.25)
-                yield held[0], await self._record_chunk(identity, folder, validity, *held, now)
+                done = await self._record_chunk(
+                    identity, folder, validity, *held, now, durable=durable_each
+                )
+                yield held[0], done
             held = (chunk, future)
         if held is not None:
             yield held[0], await self._record_chunk(identity, folder, validity, *held, now)
@@ -304,14 +317,17 @@ class Inbound:
         chunk: Chunk,
         future: Future[list[Read]] | None,
         now: datetime,
+        *,
+        durable: bool = True,
     ) -> list[str]:
         reads = None
         if future is not None and self.reader is not None:
             raws = [raw for _uid, raw, _ok in chunk.items]
             reads = await self.reader.result(future, raws, now.date())
         return self.process_many(
-            identity, folder, validity, chunk.items, now, checkpoint=chunk.checkpoint, read=reads
-        )
+            identity, folder, validity, chunk.items, now, checkpoint=chunk.checkpoint,
+            read=reads, durable=durable,
+        )  # fmt: skip
 
     def process_many(
         self,
@@ -323,12 +339,14 @@ class Inbound:
         *,
         checkpoint: int | None = None,
         read: Sequence[Read] | None = None,
+        durable: bool = True,
     ) -> list[str]:
         """``process`` for a chunk of (uid, raw, readable), committed together: one fsync per
         chunk, not per message. One message that fails is rolled back alone and quarantined,
         and the rest of the chunk stands. With ``checkpoint`` (and ``validity``), the folder's
         checkpoint moves there in the same commit. ``read``: each item's SHA-256 and
         classification, when already made (by the reader's worker); else they are made here.
+        ``durable`` False: committed without waiting for the disk (``record_chunks``).
 
         The messages are classified before the write lock is taken (classifying is pure), and
         what the chunk needs from the store is read once. The chunk is recorded in one savepoint,
@@ -345,7 +363,7 @@ class Inbound:
             _Mail(uid, raw, readable, r.digest, r.c, r.packed, r.row)
             for (uid, raw, readable), r in zip(items, read, strict=True)
         ]
-        with store.transaction():
+        with store.transaction(durable=durable):
             try:
                 with store.savepoint(), store.batched_events():
                     known = _Known.load(store, mails)
@@ -438,14 +456,14 @@ class Inbound:
         effects = decide(c, facts, found.message, rules, now)
         with store.transaction():
             store.put_blob(raw, digest, mail.packed)
-            classification = c.to_json()
+            classification = mail.row or encode_classification(c.to_json())
             row = store_inbound.insert(
                 store, identity=identity, folder=folder, uidvalidity=validity, uid=uid,
                 message_id=message_id, sha256=digest, state="handled", kind=c.kind.value,
                 case_id=facts.case_id,
                 related_message=found.message.row_id if found.message else None,
                 from_address=c.from_address, subject=c.subject,
-                classification=classification if mail.row is None else mail.row,
+                classification=classification,
                 error=None, now=now,
             )  # fmt: skip
             store.append_event(
@@ -713,12 +731,13 @@ def readdress(raw: bytes, to: str, message_id: str, when: datetime) -> bytes:
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def _summary(c: Classification, data: dict[str, object]) -> dict[str, object]:
-    """The classification as recorded in the event log (reply text kept: it is the evidence).
-
-    ``data`` is ``c.to_json()``, already made for the inbound row; it is not changed.
-    """
-    return {**data, "reply_text": c.reply_text[:4000]}
+def _summary(c: Classification, row: str) -> Canonical | dict[str, object]:
+    """The classification as recorded in the event log (reply text kept: it is the evidence,
+    up to 4,000 characters). ``row`` is the inbound row's (``encode_classification``): the
+    same text, unless the reply is longer."""
+    if len(c.reply_text) <= _EVENT_REPLY_TEXT:
+        return Canonical(row)
+    return {**c.to_json(), "reply_text": c.reply_text[:_EVENT_REPLY_TEXT]}
 
 
 @dataclass(slots=True)

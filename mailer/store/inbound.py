@@ -10,16 +10,17 @@ from typing import Any, TypeVar
 
 from mailer.domain.inbound import CaseFacts, SentRef
 from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
-from mailer.store.db import Store, iso
+from mailer.store.db import Store, canonical, iso
 
 T = TypeVar("T")
 _CHUNK = 500  # SQLite's default host-parameter limit is far above this
-_JSON = json.JSONEncoder(ensure_ascii=False)  # as json.dumps(..., ensure_ascii=False), built once
 
 
 def encode_classification(data: dict[str, Any]) -> str:
-    """A classification (``Classification.to_json()``) as the inbound row keeps it."""
-    return _JSON.encode(data)
+    """A classification (``Classification.to_json()``) as the inbound row keeps it: in the
+    events' canonical form, so that its event takes the same text (``Canonical``) instead of
+    encoding it again. (Rows before 2026-11 have the default spacing: readers parse either.)"""
+    return canonical(data)
 
 
 @dataclass(frozen=True, slots=True)
