@@ -97,6 +97,7 @@ class Daemon:
     interval: float
     clock: Clock = system_clock
     shutdown_timeout: float = 20.0
+    first_read_timeout: float = 120.0  # see _read_mail_first
     stopping: bool = False
     ticks: int = 0
     last_report: TickReport = field(default_factory=TickReport)
@@ -194,6 +195,7 @@ class Daemon:
         self._watching = [
             asyncio.ensure_future(w.run(lambda: self.stopping)) for w in self.watchers
         ]
+        await self._read_mail_first()
         while not self.stopping:
             if self._reload:
                 self._reload = False
@@ -205,6 +207,26 @@ class Daemon:
                 await self.service.after_tick(self)
             await self._snooze()
         await self.close()
+
+    async def _read_mail_first(self) -> None:
+        """Before the first tick sends anything, each watched mailbox is read once (or found
+        unreachable): a reply that arrived while the daemon was down pauses its case before
+        the next reminder can go. At most ``first_read_timeout`` seconds: a mailbox that
+        hangs delays the sending, it does not stop it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.first_read_timeout
+        while not self.stopping:
+            waiting = [w.identity.address for w in self.watchers if not w.looked]
+            if not waiting:
+                return
+            left = end - loop.time()
+            if left <= 0:
+                log.warning(
+                    "mailbox %s not read %.0f s after the start: sending without it",
+                    ", ".join(waiting), self.first_read_timeout,
+                )  # fmt: skip
+                return
+            await self._wait(None, min(left, 0.2))
 
     def _checkpoint(self) -> None:
         """Between ticks, while little is being written: the WAL copied into the database

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -14,11 +15,12 @@ from loopback import PASSWORD
 from office import Office, answer, sent_to
 
 from mailer.app import App
-from mailer.config import load_settings
-from mailer.daemon import make_box
+from mailer.config import Identity, load_settings
+from mailer.daemon import Daemon, build_transports, make_box, open_mailbox
 from mailer.demo import IDENTITIES, demo_users, write_config
 from mailer.demo_debtors import delivery_report
-from mailer.flows.inbound import InboundReport
+from mailer.flows.inbound import Inbound, InboundReport
+from mailer.flows.outbound import Outbound
 from mailer.ledger import parse_invoices
 from mailer.localservers import (
     LocalMailServers,
@@ -29,6 +31,7 @@ from mailer.localservers import (
 from mailer.mailbox.imap import ImapMailbox
 from mailer.mailbox.watcher import Watcher
 from mailer.store import outbox
+from mailer.store.db import Store
 from mailer.store.ledger import import_invoices
 
 START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)  # Monday
@@ -194,6 +197,56 @@ def test_handled_bounces_move_to_a_folder_only_when_asked(
             assert b"Undelivered Message Headers" in moved[b"BODY[]"]
     finally:
         app.store.close()
+
+
+def test_mail_that_came_while_the_daemon_was_down_is_read_before_the_first_send(
+    app: App, servers: LocalMailServers
+) -> None:
+    """The daemon's first tick waits for each mailbox's first pass: a dispute that arrived
+    during the downtime stops the case before its next reminder is due to go."""
+    inbox = servers.mailbox_path(BILLING)
+
+    class SlowToConnect(ImapMailbox):  # the real server, reached slower than a tick plans
+        def connect(self) -> None:
+            time.sleep(1.5)
+            super().connect()
+
+    def slow_box(identity: Identity) -> ImapMailbox:
+        return SlowToConnect.for_identity(identity, PASSWORD, timeout=60.0)
+
+    async def scenario() -> None:
+        office = Office(app)
+        await office.until_sent("pay@acme.example")
+        (first,) = sent_to(app, "pay@acme.example")
+        await office.close()
+        text = "No reconocemos esta factura: el servicio no se prestó."
+        deliver(inbox, answer(app, first, "Acme <pay@acme.example>", text, office.now))
+        later = office.now + timedelta(days=40)  # the next reminder long due
+        daemon = Daemon(
+            app, Outbound(app, build_transports(app.settings), open_mailbox), interval=0,
+            clock=lambda: later,
+            watchers=[Watcher(app.settings.identity("cobros"), Inbound(app), slow_box,
+                              lambda: later)],
+        )  # fmt: skip
+
+        async def stop_after_a_tick() -> None:
+            while daemon.ticks < 1:
+                await asyncio.sleep(0.05)
+            daemon.request_stop()
+
+        await asyncio.gather(daemon.run(), stop_after_a_tick())
+
+    asyncio.run(scenario())
+    store = Store.open(app.settings.database)
+    try:
+        status = store.conn.execute("SELECT status FROM cases WHERE debtor_id = 'D1'").fetchone()[0]
+        sent = store.conn.execute(
+            "SELECT count(*) FROM messages WHERE recipients LIKE '%pay@acme.example%'"
+            " AND state = 'sent'"
+        ).fetchone()[0]
+    finally:
+        store.close()
+    assert (status, sent) == ("review", 1)
 
 
 def test_uidvalidity_change_resyncs_without_acting_twice(tmp_path: Path) -> None:

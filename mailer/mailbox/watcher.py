@@ -52,6 +52,7 @@ class Watcher:
     last_contact: datetime | None = None  # the last pass that completed
     last_error: str | None = None
     passes: int = 0
+    failures: int = 0  # connections or passes that ended in an error
     totals: InboundReport | None = None
     _idle_thread: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
@@ -90,13 +91,16 @@ class Watcher:
                         await _sleep(self.poll_seconds, stop)
             except PermanentError as exc:
                 # Wrong password, a folder that does not exist: keep trying, slowly and loudly.
+                self.failures += 1
                 self.last_error = str(exc)
                 log.error("mailbox %s: %s", self.identity.address, exc)
                 backoff = MAX_BACKOFF
             except MailerError as exc:
+                self.failures += 1
                 self.last_error = str(exc)
                 log.warning("mailbox %s: %s; reconnecting", self.identity.address, exc)
             except Exception as exc:  # never let one mailbox's surprise stop the daemon
+                self.failures += 1
                 self.last_error = repr(exc)
                 log.exception("mailbox %s failed; reconnecting", self.identity.address)
             finally:
@@ -110,6 +114,11 @@ class Watcher:
         if self._idle_thread is not None:
             self._idle_thread.shutdown(wait=False)
             self._idle_thread = None
+
+    @property
+    def looked(self) -> bool:
+        """The mailbox was read once since the start, or found unreachable."""
+        return self.passes > 0 or self.failures > 0
 
     async def one_pass(self, box: MailboxReader, stop: Callable[[], bool]) -> InboundReport:
         report = await self.inbound.sync(self.identity.name, box, self.clock(), stop)
