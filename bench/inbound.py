@@ -203,6 +203,7 @@ def inbound_round(
 ) -> tuple[list[bytes], tuple[float, float], tuple[float, float, float | None, float], str, int]:
     """One round of both inbound passes, each on a fresh store of its own built alike: the
     messages, (wall, CPU) of each, the catch-up's worker CPU and the checkpoint it leaves."""
+    tmp.mkdir()
     apps = []
     for name in ("one", "pair"):
         app, addresses = open_store(tmp / name, debtors, count)

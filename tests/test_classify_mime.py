@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.domain.classify import classify, fastmime, mime
+from mailer.domain.classify import classify, fastmime, mime, report
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is not here")
@@ -193,3 +193,90 @@ _MIME_LINES = st.lists(
 @settings(max_examples=400, deadline=None)
 def test_same_trees_on_generated_mime(lines: list[str]) -> None:
     _same_as_email_package("".join(lines).encode("ascii", "surrogateescape"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Subject: x\x0cy\n\nbody\x0cmore\n",  # form feeds end lines for str.splitlines only
+        "Subject: x\n\nbody\x1cmore\x1d\x1e",
+        "Subject: x\r\nX-A: \x0b\r\n\r\nbody\r\nends in a line end of its own\x0c",
+    ],
+)
+def test_same_trees_with_other_line_ends(text: str) -> None:
+    assert _same_as_email_package(text.encode("ascii", "surrogateescape"))
+    # Decoded text (a returned original read from a prose part) can have the Unicode ones too.
+    decoded = text.replace("\x0c", "\u2028").replace("\x1c", "\x85")
+    fast = fastmime.parse(decoded)
+    assert fast is not None
+    assert _tree(fast) == _tree(email.message_from_string(decoded, policy=compat32))
+
+
+_PART_HEADERS = st.lists(
+    st.sampled_from(
+        [
+            "Content-Type: text/plain; charset=utf-8\n",
+            'content-type: TEXT/HTML; charset="ISO-8859-1"\n',
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n",
+            "Content-Type: text/plain; charset*=utf-8''x\n",
+            "Content-Type: nonsense\n",
+            "Content-Type:\n",
+            'Content-Type: text/plain; name="caf\udcc3\udca9"\n',
+            "Content-Transfer-Encoding: base64\n",
+            "Content-Transfer-Encoding: BASE64\n",
+            "Content-Transfer-Encoding: quoted-printable\n",
+            "Content-Transfer-Encoding: base64 \n",
+            "Content-Transfer-Encoding: 8bit\n",
+            "Content-Transfer-Encoding: x-uuencode\n",
+            "Content-Disposition: Attachment; filename=a.txt\n",
+            "Content-Disposition: inline\n",
+            "X-Other: y\n",
+        ]
+    ),
+    max_size=5,
+)
+_BODIES = st.sampled_from(
+    ["", "hola\n", "ol\udcc3\udca1 =C3=A1\n", "aG9sYQ==\n", "begin 644 x\n#:&]L80``\n`\nend\n"]
+)
+
+
+@given(_PART_HEADERS, _BODIES)
+@settings(max_examples=300, deadline=None)
+def test_part_readers_as_the_email_package_reads_them(headers: list[str], body: str) -> None:
+    """content_type, decode_payload, disposition and content_param read plain headers directly:
+    they must answer what the email package's own methods give."""
+    raw = ("".join(headers) + "\n" + body).encode("ascii", "surrogateescape")
+    part = email.message_from_bytes(raw, policy=compat32)
+    if part.is_multipart():
+        return
+    assert mime.content_type(part) == part.get_content_type().lower()
+    assert mime.disposition(part) == str(part.get("Content-Disposition", "")).lower()
+    assert mime.content_param(part, "report-type") == part.get_param("report-type")
+    assert mime.decode_payload(part) == _decode_payload_by_the_email_package(part)
+
+
+def _decode_payload_by_the_email_package(part: Message) -> str:
+    """mime.decode_payload as it was before it read plain payloads directly."""
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    charset = mime._charset(part) or "utf-8"
+    for candidate in (charset, "utf-8"):
+        try:
+            return payload.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return payload.decode("latin-1")
+
+
+@given(st.lists(st.sampled_from(["a", "\n", " ", "-", ">", "original message", "x"]), max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_line_start_search_as_a_search(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    for pattern in (report._ORIGINAL_MARKERS, report._DSN_FIELD_ANYWHERE):
+        quick, plain = report.search_lines(pattern, text), pattern.search(text)
+        assert (quick and quick.span()) == (plain and plain.span())

@@ -59,13 +59,17 @@ def parse(text: str) -> Message | None:
     """`text` is the message as `message_from_bytes` sees it (ASCII with surrogateescape)."""
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return None  # lines end in CR alone somewhere: the feed parser's line splitting is subtle
-    # Only CR LF and LF end lines here, as in the feed parser (not \x0c, \x1c, ... as in
-    # str.splitlines()).
-    lines = text.split("\n")
-    last = lines.pop()
-    lines = [line + "\n" for line in lines]
-    if last:
-        lines.append(last)
+    # Only CR LF and LF end lines here, as in the feed parser, not \x0c, \x1c, ... as well as in
+    # str.splitlines(). That splits in one step, and gives the same lines when it finds no more
+    # of them than LFs give (one more when the text does not end in LF): any other line end
+    # makes one more line, but for one that ends the text, where both cut alike.
+    lines = text.splitlines(True)
+    if len(lines) != text.count("\n") + (not text.endswith("\n") and text != ""):
+        lines = text.split("\n")
+        last = lines.pop()
+        lines = [line + "\n" for line in lines]
+        if last:
+            lines.append(last)
     if lines and lines[0].startswith("From "):
         return None
     try:
@@ -99,6 +103,9 @@ class _Reader:
         self.lines = lines
         self.pos = 0
         self.outer: list[str] = []  # separators of the enclosing multiparts, outermost first
+        # Each message's content type as read (id of the message: all live until the end):
+        # what get_content_type() would say, without reading the headers again.
+        self.types: dict[int, str] = {}
 
     def _at_end(self) -> bool:
         """End of the current entity: the input's, or a line that is an enclosing boundary."""
@@ -126,22 +133,29 @@ class _Reader:
         msg = Message(policy=compat32)
         if default_type != "text/plain":
             msg.set_default_type(default_type)
-        header_lines: list[str] = []
-        while not self._at_end():
-            line = self.lines[self.pos]
-            if line.startswith("From "):
-                raise _Unusual
-            if not _HEADER_LINE.match(line):
+        # The header lines, up to the end of the entity (see _at_end), inlined: it runs per line.
+        lines, outer, match = self.lines, self.outer, _HEADER_LINE.match
+        start = pos = self.pos
+        count = len(lines)
+        blank = 0
+        while pos < count:
+            line = lines[pos]
+            if outer and line[:2] == "--" and any(_boundary_kind(line, sep) for sep in outer):
+                break
+            if not match(line):
+                if line.startswith("From "):  # never a header line
+                    raise _Unusual
                 if line in ("\n", "\r\n"):
-                    self.pos += 1  # the blank line between headers and body
+                    blank = 1  # the blank line between headers and body
                 break  # anything else starts the body (a defect the feed parser notes)
-            header_lines.append(line)
-            self.pos += 1
-        ctype = _set_headers(msg, header_lines, default_type)
+            pos += 1
+        self.pos = pos + blank
+        ctype, value = _set_headers(msg, lines[start:pos], default_type)
+        self.types[id(msg)] = ctype
         if ctype == "multipart/digest":
             raise _Unusual
         if ctype.startswith("multipart/"):
-            self._multipart(msg)
+            self._multipart(msg, value)
         elif ctype == "message/delivery-status":
             msg._payload = self._field_blocks()  # type: ignore[attr-defined]
         elif ctype.startswith("message/"):
@@ -166,8 +180,9 @@ class _Reader:
                     break
                 header_lines.append(line)
                 self.pos += 1
-            if _set_headers(block, header_lines, "text/plain") != "text/plain":
+            if _set_headers(block, header_lines, "text/plain")[0] != "text/plain":
                 raise _Unusual  # a block that claims to be MIME of its own
+            self.types[id(block)] = "text/plain"
             start = self.pos
             while not self._at_end() and lines[self.pos] not in ("\n", "\r\n"):
                 self.pos += 1
@@ -179,8 +194,12 @@ class _Reader:
             if self._at_end():
                 return blocks
 
-    def _multipart(self, msg: Message) -> None:
-        found = simple_param(msg.get("Content-Type"), "boundary")
+    def _multipart(self, msg: Message, value: str | None) -> None:
+        # `value` is the Content-Type as received: as msg.get gives it back when plain ASCII.
+        found = simple_param(
+            value if value is not None and value.isascii() else msg.get("Content-Type"),
+            "boundary",
+        )
         if found is NOT_SIMPLE:
             boundary = msg.get_boundary()
         elif isinstance(found, str):
@@ -219,7 +238,7 @@ class _Reader:
             self.outer.append(separator)
             part = self.entity("text/plain")
             self.outer.pop()
-            _strip_last_newline(part)
+            _strip_last_newline(part, self.types)
             parts.append(part)
         if preamble is not None:
             # No first boundary at all: the feed parser keeps the text as the payload, and
@@ -236,18 +255,19 @@ class _Reader:
         msg.epilogue = epilogue if close_eol else ""
 
 
-def _strip_last_newline(part: Message) -> None:
+def _strip_last_newline(part: Message, types: dict[int, str]) -> None:
     """RFC 2046: the newline before a boundary belongs to the boundary, not to the part.
 
     The feed parser takes it from the last message it created: inside a message/rfc822 part that
     is the attached message (or its own last message), and a multipart stands for its parts.
+    `types` has the content type of every message read so far (see _Reader.types).
     """
-    while part.get_content_maintype() == "message":
+    while types[id(part)].startswith("message/"):
         payload = part._payload  # type: ignore[attr-defined]
         if not isinstance(payload, list) or not payload:
             return
         part = payload[-1]  # the attached message, or a delivery status's last field block
-    if part.get_content_maintype() == "multipart":
+    if types[id(part)].startswith("multipart/"):
         epilogue = part.epilogue
         if epilogue == "":
             part.epilogue = None
@@ -259,34 +279,31 @@ def _strip_last_newline(part: Message) -> None:
         part._payload = payload[: len(payload) - _eol_len(payload)]  # type: ignore[attr-defined]
 
 
-def _set_headers(msg: Message, lines: list[str], default_type: str) -> str:
-    """The feed parser's _parse_headers with compat32's header_source_parse; the content type."""
+def _set_headers(msg: Message, lines: list[str], default_type: str) -> tuple[str, str | None]:
+    """The feed parser's _parse_headers with compat32's header_source_parse; the content type,
+    and the Content-Type header as received (None without one)."""
     headers: list[tuple[str, str]] = []
-    current: list[str] = []
+    name: str | None = None  # the field being read, and its value so far
+    value = ""
     for line in lines:
         if line[0] in " \t":
-            if current:
-                current.append(line)
+            if name is not None:
+                value += line
             continue  # a continuation with nothing to continue: dropped, as the feed parser does
-        if current:
-            headers.append(_header(current))
-            current = []
+        if name is not None:
+            headers.append((name, value.rstrip("\r\n")))
+            name = None
         if line.find(":") == 0:
             continue  # no field name: dropped
-        current = [line]
-    if current:
-        headers.append(_header(current))
+        name, value = line.split(":", 1)
+        value = value.lstrip(" \t")
+    if name is not None:
+        headers.append((name, value.rstrip("\r\n")))
     msg._headers = headers  # type: ignore[attr-defined]
     for name, value in headers:
         if name.lower() == "content-type":
             if not value.isascii():
-                return msg.get_content_type()  # 8-bit bytes: compat32 makes it a Header
+                return msg.get_content_type(), value  # 8-bit bytes: compat32 makes it a Header
             ctype = value.partition(";")[0].strip().lower()
-            return ctype if ctype.count("/") == 1 else "text/plain"  # as get_content_type
-    return default_type
-
-
-def _header(source: list[str]) -> tuple[str, str]:
-    name, value = source[0].split(":", 1)
-    value = value.lstrip(" \t") + "".join(source[1:])
-    return name, value.rstrip("\r\n")
+            return (ctype if ctype.count("/") == 1 else "text/plain"), value  # as get_content_type
+    return default_type, None

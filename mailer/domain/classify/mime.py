@@ -133,19 +133,71 @@ def message_ids(value: str) -> list[str]:
     return MESSAGE_ID_RE.findall(value)
 
 
+def plain_header(part: Message, name: str) -> str | None:
+    """`part.get(name)` (`name` lower-case) read straight from the header list when that is
+    what compat32 gives back, a plain ASCII value; None when absent. Raises _NotPlain when only
+    the email package can give the value (8-bit bytes become a Header)."""
+    if part.policy is not compat32:
+        raise _NotPlain
+    for key, value in part._headers:  # type: ignore[attr-defined]
+        if key.lower() == name:
+            if isinstance(value, str) and value.isascii():
+                return value
+            raise _NotPlain
+    return None
+
+
+class _NotPlain(Exception):
+    """Raised by `plain_header` for a value the email package must read."""
+
+
+_ENCODED_CTES = frozenset({"quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue"})
+
+
 def content_type(part: Message) -> str:
+    try:
+        value = plain_header(part, "content-type")
+        if value is None:
+            return part.get_default_type().lower()
+        # get_content_type() of a plain value, without its trip through the email package.
+        ctype = value.partition(";")[0].strip().lower()
+        return ctype if ctype.count("/") == 1 else "text/plain"
+    except _NotPlain:
+        pass
+    except Exception:
+        return "text/plain"
     try:
         return part.get_content_type().lower()
     except Exception:
         return "text/plain"
 
 
+def content_param(part: Message, name: str) -> object:
+    """`part.get_param(name)`, read directly when the Content-Type is plain (see simple_param)."""
+    try:
+        found = fastmime.simple_param(plain_header(part, "content-type"), name)
+    except _NotPlain:
+        found = fastmime.NOT_SIMPLE
+    return part.get_param(name) if found is fastmime.NOT_SIMPLE else found
+
+
+def disposition(part: Message) -> str:
+    """The Content-Disposition header lower-cased, "" when absent."""
+    try:
+        value = plain_header(part, "content-disposition")
+    except _NotPlain:
+        return str(part.get("Content-Disposition", "")).lower()
+    return value.lower() if value is not None else ""
+
+
 def decode_payload(part: Message) -> str:
     """The part's body as text, whatever its transfer encoding and (possibly wrong) charset."""
-    try:
-        payload = part.get_payload(decode=True)
-    except Exception:
-        payload = None
+    payload: object = _undecoded_bytes(part)
+    if payload is None:
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:
+            payload = None
     if not isinstance(payload, bytes):
         raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
@@ -161,9 +213,29 @@ def decode_payload(part: Message) -> str:
     return payload.decode("latin-1")
 
 
+def _undecoded_bytes(part: Message) -> bytes | None:
+    """`part.get_payload(decode=True)` of a text payload without a transfer encoding to undo
+    (7bit, 8bit, binary or none): its bytes as received. None for anything else."""
+    payload = part._payload  # type: ignore[attr-defined]
+    if not isinstance(payload, str):
+        return None
+    try:
+        cte = plain_header(part, "content-transfer-encoding")
+        if cte and cte.lower() in _ENCODED_CTES:
+            return None
+        # As get_payload: the text back to the bytes it was read from (8-bit ones escaped).
+        return payload.encode("ascii", "surrogateescape")
+    except (_NotPlain, UnicodeEncodeError):
+        return None  # other characters: get_payload has its own rules for those
+
+
 def _charset(part: Message) -> str | None:
     """`part.get_content_charset()`, read directly when the Content-Type parameters are plain."""
-    charset = fastmime.simple_param(part.get("Content-Type"), "charset")
+    try:
+        value: object = plain_header(part, "content-type")
+    except _NotPlain:
+        value = part.get("Content-Type")
+    charset = fastmime.simple_param(value, "charset")
     if charset is fastmime.NOT_SIMPLE:
         return part.get_content_charset()
     if isinstance(charset, str):
@@ -203,8 +275,7 @@ def first_text(msg: Message) -> tuple[str, bool]:
             break  # an attached message: its text is not this sender's
         if part.is_multipart():
             continue
-        disposition = str(part.get("Content-Disposition", "")).lower()
-        if disposition.startswith("attachment"):
+        if disposition(part).startswith("attachment"):
             continue
         if ctype == "text/plain":
             return unfold(decode_payload(part)), False

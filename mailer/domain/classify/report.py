@@ -94,9 +94,23 @@ def field_blocks(text: str) -> list[dict[str, str]]:
     return blocks
 
 
+def search_lines(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """`pattern.search(text)` for a pattern that opens with ^ under re.MULTILINE, tried at each
+    line start alone: a search tries every character, at a cost each, where this cannot match.
+    """
+    at = 0
+    while True:
+        found = pattern.match(text, at)
+        if found is not None:
+            return found
+        at = text.find("\n", at) + 1
+        if not at:
+            return None
+
+
 def _embedded_blocks(text: str) -> list[dict[str, str]]:
     """DSN fields pasted in a prose part: keep only the blocks that really are report fields."""
-    if not _DSN_FIELD_ANYWHERE.search(text.lower()):
+    if not search_lines(_DSN_FIELD_ANYWHERE, text.lower()):
         return []
     lines = [
         ln
@@ -113,9 +127,9 @@ def _split_prose(text: str) -> tuple[str, Message | None]:
     """Cut a prose body where the returned original starts (a marker line or a run of headers)."""
     low = text.lower()
     marker = (
-        _ORIGINAL_MARKERS.search(low)
+        search_lines(_ORIGINAL_MARKERS, low)
         if len(low) == len(text)  # offsets agree: always so but for a few Unicode letters
-        else _ORIGINAL_MARKERS_ANY_CASE.search(text)
+        else search_lines(_ORIGINAL_MARKERS_ANY_CASE, text)
     )
     cut = marker.start() if marker else None
     lines = text.split("\n")
@@ -124,7 +138,7 @@ def _split_prose(text: str) -> tuple[str, Message | None]:
     run = 0
     transport = False  # a header only a transported message has (Received, Message-ID, ...)
     for i, line in enumerate(lines):
-        if _ORIGINAL_HEADER_RE.match(line):
+        if ":" in line and _ORIGINAL_HEADER_RE.match(line):  # never without a colon
             if run == 0:
                 run_start, transport = offset, False
             run += 1
@@ -219,7 +233,7 @@ class _Collector:
             not repaired
             and not self.past_message
             and ctype in ("text/plain", "text/html")
-            and not str(part.get("Content-Disposition", "")).lower().startswith("attachment")
+            and not mime.disposition(part).startswith("attachment")
         ):
             if ctype == "text/plain" and self.plain is None:
                 self.plain = mime.unfold(text)
@@ -259,7 +273,7 @@ def read_report(msg: Message) -> Report:
     root_type = mime.content_type(msg)
     try:
         if root_type == "multipart/report":
-            collector.report_type = str(msg.get_param("report-type") or "").lower()
+            collector.report_type = str(mime.content_param(msg, "report-type") or "").lower()
     except Exception:
         collector.report_type = ""
     collector.visit(msg)
