@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import email.policy
 import email.utils
@@ -46,7 +47,7 @@ from mailer.domain.models import CaseStatus, MessageState
 from mailer.flows.blocking import Failover
 from mailer.flows.reading import Read, Reader
 from mailer.flows.reading import read as read_one
-from mailer.flows.staff import set_case_status, to_review
+from mailer.flows.staff import REVIEWABLE, set_case_status, to_review
 from mailer.store import blocking as store_blocking
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
@@ -506,7 +507,10 @@ class Inbound:
                     known.soft_bounced.add(effect.address.lower())
                 if isinstance(effect, (Resend, Blocked)):
                     known.pending.add(facts.case_id)  # a message may now wait to go
-                if changed:
+                if isinstance(changed, CaseFacts):  # what the case is now: no need to read it
+                    facts, fresh = changed, True
+                    known.facts[facts.case_id] = facts
+                elif changed:
                     fresh = False
                     known.forget(facts.case_id)
         known.digests.add(digest)
@@ -591,9 +595,10 @@ class Inbound:
         source: str = "dsn",
         fresh: bool = False,
         withdraw: bool = True,
-    ) -> bool:
+    ) -> bool | CaseFacts:
         """Carry out one decided effect on the case (in the caller's transaction); whether it
-        may have changed the case's facts (status, pause, contacts).
+        may have changed the case's facts (status, pause, contacts): False, True, or the
+        facts as they are now when the effect tells them (a pause, a review).
 
         ``identity`` is the mailbox the news came through (the sender, when the message it is
         about is unknown); ``source`` says how a refusal was seen: "dsn" or "smtp". ``fresh``
@@ -619,10 +624,16 @@ class Inbound:
                 outbox.cancel_pending(
                     store, case_id, now, {"reason": f"case paused: {effect.reason}"}
                 )
+            # As the store reads it back: UTC, to the second.
+            until = datetime.fromisoformat(iso(until)) if until is not None else None
+            return dataclasses.replace(current, status=status, paused_until=until)
         elif isinstance(effect, ToReview):
             current = facts if fresh else store_inbound.case_facts(store, case_id)
             assert current is not None
             to_review(store, case_id, current.status, now, effect.reason)
+            if current.status in REVIEWABLE:
+                return dataclasses.replace(current, status=CaseStatus.REVIEW, paused_until=None)
+            return current
         elif isinstance(effect, Queue):
             store_inbound.open_review(
                 store, case_id, inbound_id, effect.reason,

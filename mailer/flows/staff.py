@@ -61,13 +61,19 @@ def set_case_status(
         )
 
 
+# The statuses ``to_review`` moves to review (closed and stopped cases stay as they are).
+REVIEWABLE = frozenset(
+    {CaseStatus.ACTIVE, CaseStatus.PAUSED, CaseStatus.REVIEW, CaseStatus.INSTALMENTS}
+)
+
+
 def to_review(store: Store, case_id: int, status: CaseStatus, now: datetime, reason: str) -> None:
     """Mailer hands a case to a person: review (unless closed or stopped), nothing pending left.
 
     The one way mailer itself does it (a reply, a refusal, a blocking verdict); ``status`` is
     the case's status as the caller read it in this transaction.
     """
-    if status in (CaseStatus.ACTIVE, CaseStatus.PAUSED, CaseStatus.REVIEW, CaseStatus.INSTALMENTS):
+    if status in REVIEWABLE:
         set_case_status(store, case_id, CaseStatus.REVIEW, now, "mailer", reason[:500])
     outbox.cancel_pending(store, case_id, now, {"reason": f"case to review: {reason[:200]}"})
 
