@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlite_utils
 
 from mailer.errors import ConfigError
@@ -46,13 +47,15 @@ sqlite3.register_adapter(type(None), {}.get)  # type: ignore[arg-type]  # {}.get
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
 sqlite3.register_adapter(bool, int)
 
-# One encoder for every event: json.dumps with options builds a new one per call.
+# The canonical form is json.dumps(data, sort_keys=True, separators=(",", ":"),
+# ensure_ascii=False, default=str). orjson writes that same text 4-6x faster (an event's JSON
+# was a sixth of recording a message); the json module writes what orjson refuses.
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
 )
-# The C encoder that ``_CANONICAL.encode`` builds on every call, built once: the same text at
-# half the cost for an event's few hundred bytes. No circular-reference bookkeeping: data is
-# made of fresh dicts and lists (a cycle would end in RecursionError instead of ValueError).
+# The C encoder that ``_CANONICAL.encode`` builds on every call, built once. No
+# circular-reference bookkeeping: data is made of fresh dicts and lists (a cycle would end in
+# RecursionError instead of ValueError).
 _make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _escape = getattr(json.encoder, "c_encode_basestring", None)
 _C_CANONICAL = (
@@ -60,10 +63,41 @@ _C_CANONICAL = (
     if _make_encoder is not None and _escape is not None
     else None  # a Python without the C accelerator: the encoder's own pure-Python path
 )
+# Subclasses of str, int, dict and list, dates and dataclasses go to _as_json_writes_it, so
+# that they come out as the json module writes them, not as orjson would on its own.
+_ORJSON_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _as_json_writes_it(value: Any) -> Any:
+    """``value`` as the json module encodes it: a str or int subclass (a StrEnum, an IntEnum)
+    by its str or int value, a dict or list subclass as a dict or list, anything else as
+    ``str(value)`` (Decimal, date, datetime, dataclass)."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return str(value)
 
 
 def canonical(data: Any) -> str:
-    """The JSON form that is hashed: sorted keys, no spaces, non-ASCII kept, Decimals as text."""
+    """The JSON form that is hashed: sorted keys, no spaces, non-ASCII kept, Decimals as text.
+
+    (For floats and plain Enum members orjson's text is its own: the shortest repr with no
+    "+" in exponents, NaN as null; the enum's value. Events carry neither; a body is checked by
+    its stored text, never by encoding its data again.)"""
+    try:
+        return orjson.dumps(data, default=_as_json_writes_it, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError: keys not str, ints past 64 bits, surrogates
+        pass
     if _C_CANONICAL is None or isinstance(data, str):
         return _CANONICAL.encode(data)
     return "".join(_C_CANONICAL(data, 0))
