@@ -103,7 +103,7 @@ def canonical(data: Any) -> str:
     return "".join(_C_CANONICAL(data, 0))
 
 
-# What ``canonical`` writes in place of a ``Canonical`` value (its ``default`` is ``str``): a
+# What ``canonical`` writes in place of a ``Canonical`` value (an unknown type: its ``str``): a
 # string no data can hold by chance, since it carries a nonce drawn when the process starts.
 _MARK = f"\x00canonical:{secrets.token_hex(16)}\x00"
 _MARK_JSON = canonical(_MARK)
