@@ -65,6 +65,13 @@ async def caught_up(
     return outcomes
 
 
+def assert_same_store(expected: App, got: App) -> None:
+    """Every table the recording writes holds the same rows in both stores."""
+    want, have = dump(expected.store), dump(got.store)
+    for table in TABLES:
+        assert have[table] == want[table], table
+
+
 def in_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mails: list[bytes]) -> App:
     pinned_ids(monkeypatch)
     app = open_app(tmp_path)
@@ -86,9 +93,7 @@ def test_the_worker_path_records_what_one_process_does(
     app = open_app(tmp_path / "paired")
     outcomes = asyncio.run(caught_up(Inbound(app, reader=reader), mails, size))
     assert {"stored", "duplicate", "quarantined", "unrelated"} <= set(outcomes)
-    expected, got = dump(alone.store), dump(app.store)
-    for table in TABLES:
-        assert got[table] == expected[table], table
+    assert_same_store(alone, app)
     # Unreadable mail is quarantined with its bytes, whichever process read it.
     assert b"\x00\x01 not mail at all" in [
         app.store.get_blob(r[0]) for r in app.store.conn.execute(
@@ -125,9 +130,7 @@ def test_a_catch_up_waits_for_the_disk_once_at_its_end(
     assert commits == [False] * (chunks - 1) + [True]
     # The connection is back to waiting for the disk after each quick commit.
     assert app.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-    expected, got = dump(each.store), dump(app.store)
-    for table in TABLES:
-        assert got[table] == expected[table], table
+    assert_same_store(each, app)
     for done in (each, app):
         done.store.close()
 
@@ -188,9 +191,7 @@ def test_a_dead_worker_costs_time_not_mail(tmp_path: Path, monkeypatch: pytest.M
         asyncio.run(caught_up(Inbound(app, reader=reader), mails, 4))
     finally:
         reader.close()
-    expected, got = dump(alone.store), dump(app.store)
-    for table in TABLES:
-        assert got[table] == expected[table], table
+    assert_same_store(alone, app)
     assert not multiprocessing.active_children()
     for each in (alone, app):
         each.store.close()
@@ -205,7 +206,7 @@ def test_no_worker_at_all_reads_in_process(tmp_path: Path, monkeypatch: pytest.M
     reader.close()  # a closed reader starts nothing
     asyncio.run(caught_up(Inbound(app, reader=reader), mails, 4))
     assert not multiprocessing.active_children()
-    assert dump(app.store) == dump(alone.store)
+    assert_same_store(alone, app)
     for each in (alone, app):
         each.store.close()
 

@@ -49,19 +49,9 @@ sqlite3.register_adapter(bool, int)
 
 # The canonical form is json.dumps(data, sort_keys=True, separators=(",", ":"),
 # ensure_ascii=False, default=str). orjson writes that same text 4-6x faster (an event's JSON
-# was a sixth of recording a message); the json module writes what orjson refuses.
+# was a sixth of recording a message); the json module writes what orjson refuses (rare).
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-)
-# The C encoder that ``_CANONICAL.encode`` builds on every call, built once. No
-# circular-reference bookkeeping: data is made of fresh dicts and lists (a cycle would end in
-# RecursionError instead of ValueError).
-_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_escape = getattr(json.encoder, "c_encode_basestring", None)
-_C_CANONICAL = (
-    _make_encoder(None, str, _escape, None, ":", ",", True, False, True)
-    if _make_encoder is not None and _escape is not None
-    else None  # a Python without the C accelerator: the encoder's own pure-Python path
 )
 # Subclasses of str, int, dict and list, dates and dataclasses go to _as_json_writes_it, so
 # that they come out as the json module writes them, not as orjson would on its own.
@@ -74,9 +64,10 @@ _ORJSON_OPTIONS = (
 
 
 def _as_json_writes_it(value: Any) -> Any:
-    """``value`` as the json module encodes it: a str or int subclass (a StrEnum, an IntEnum)
-    by its str or int value, a dict or list subclass as a dict or list, anything else as
-    ``str(value)`` (Decimal, date, datetime, dataclass)."""
+    """``value`` as the json module encodes it: a str or int subclass by its str or int value,
+    a dict or list subclass as a dict or list, anything else as ``str(value)`` (Decimal, date,
+    datetime, dataclass). (Enums never come here: orjson writes a StrEnum's or IntEnum's value
+    itself, as the json module does.)"""
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, int):
@@ -97,10 +88,7 @@ def canonical(data: Any) -> str:
     try:
         return orjson.dumps(data, default=_as_json_writes_it, option=_ORJSON_OPTIONS).decode()
     except TypeError:  # orjson.JSONEncodeError: keys not str, ints past 64 bits, surrogates
-        pass
-    if _C_CANONICAL is None or isinstance(data, str):
         return _CANONICAL.encode(data)
-    return "".join(_C_CANONICAL(data, 0))
 
 
 # What ``canonical`` writes in place of a ``Canonical`` value (an unknown type: its ``str``): a
