@@ -32,6 +32,7 @@ from mailer.domain.classify import classify
 from mailer.flows.inbound import CHUNK, Chunk, Inbound
 from mailer.flows.reading import Reader, read, read_all
 from mailer.localservers import LocalMailServers, deliver
+from mailer.store import inbound as store_inbound
 from mailer.store.db import Store, compress
 from mailer.store.inbound import encode_classification
 
@@ -133,6 +134,56 @@ def test_a_catch_up_waits_for_the_disk_once_at_its_end(
     assert_same_store(each, app)
     for done in (each, app):
         done.store.close()
+
+
+def test_the_worker_reads_two_chunks_ahead_and_a_failed_fetch_records_them_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: Reader
+) -> None:
+    """While a chunk is recorded, the worker has the next two in hand (so neither process
+    waits on the other's chunk-to-chunk pace); when fetching fails, what was fetched is
+    recorded, in order, before the error is raised."""
+    mails = mailbox(failing=False)
+    pinned_ids(monkeypatch)
+    app = open_app(tmp_path / "store")
+    inbound = Inbound(app, reader=reader)
+    every = items(mails)
+    chunk_of = {id(every[start][1]): start // 4 for start in range(0, 20, 4)}  # by first mail
+    steps: list[tuple[str, int]] = []
+    submit, process_many = reader.submit, inbound.process_many
+
+    def spy_submit(raws: list[bytes], today: object, ahead: float = 0.0) -> object:
+        steps.append(("read", chunk_of[id(raws[0])]))
+        return submit(raws, today, ahead)  # type: ignore[arg-type]
+
+    def spy_record(*args: object, **kwargs: object) -> list[str]:
+        steps.append(("record", chunk_of[id(args[3][0][1])]))  # type: ignore[index]
+        return process_many(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reader, "submit", spy_submit)
+    monkeypatch.setattr(inbound, "process_many", spy_record)
+
+    async def chunks() -> AsyncIterator[Chunk]:
+        for start in range(0, 20, 4):
+            yield Chunk(every[start : start + 4], checkpoint=start + 4)
+        raise OSError("connection lost")
+
+    async def run() -> list[int]:
+        recorded = []
+        async for chunk, _done in inbound.record_chunks(
+            "cobros", "INBOX", 1, chunks(), NOW, parallel=True
+        ):
+            recorded.append(chunk.checkpoint or 0)
+        return recorded
+
+    with pytest.raises(OSError, match="connection lost"):
+        asyncio.run(run())
+    # The first chunk is read in this process, beside the worker's reading of the next two.
+    assert steps == [
+        ("read", 1), ("read", 2), ("record", 0), ("read", 3), ("record", 1),
+        ("read", 4), ("record", 2), ("record", 3), ("record", 4),
+    ]  # fmt: skip
+    assert store_inbound.checkpoint(app.store, "cobros", "INBOX").last_uid == 20  # type: ignore[union-attr]
+    app.store.close()
 
 
 def test_a_message_that_fails_in_the_recording_is_quarantined_as_before(

@@ -9,6 +9,7 @@ import email.policy
 import email.utils
 import hashlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from mailer.store.inbound import encode_classification
 
 log = logging.getLogger(__name__)
 CHUNK = 200  # messages fetched per round trip; the checkpoint advances after each chunk
+_AHEAD = 2  # chunks a catch-up hands the reader's worker beyond the one it records
 _EVENT_REPLY_TEXT = 4000  # characters of a reply kept in its mail_received event
 
 
@@ -267,9 +269,9 @@ class Inbound:
         durable_each: bool = True,
     ) -> AsyncIterator[tuple[Chunk, list[str]]]:
         """``process_many`` over each chunk in turn, in order: each chunk with its outcomes once
-        it is committed. ``parallel`` (and a reader): the next chunk is classified in the
-        reader's worker while this process records the current one, the first one in-process
-        beside the worker's reading of the second. The outcomes and the store are the same
+        it is committed. ``parallel`` (and a reader): the next chunks (``_AHEAD``) are classified
+        in the reader's worker while this process records the current one, the first one
+        in-process beside the worker's reading of the next. The outcomes and the store are the same
         either way: classifying is pure.
 
         ``durable_each`` False: a chunk followed by another commits without waiting for the
@@ -279,7 +281,12 @@ class Inbound:
         is lost. Only for callers that act on nothing outside the store between chunks."""
         reader = self.reader if parallel else None
         today = now.date()
-        held: tuple[Chunk, Future[list[Read]] | None] | None = None
+        # Chunks fetched and handed to the worker, oldest first, recorded in that order: the
+        # oldest is recorded once _AHEAD more are in hand. With two in the worker's queue, a
+        # chunk it reads faster than this process records the one before does not leave it
+        # idle, and a slower one does not keep this process waiting: each side's pace varies
+        # from chunk to chunk, and with one chunk in hand either waited for the other's.
+        held: deque[tuple[Chunk, Future[list[Read]] | None]] = deque()
         failure: Exception | None = None
         # The share of a chunk whose other pure work (compressing, encoding) the worker does
         # too: more while its results are ready before they are needed, less while this
@@ -292,21 +299,27 @@ class Inbound:
             except StopAsyncIteration:
                 break
             except Exception as exc:
-                failure = exc  # fetching the next chunk failed: the one in hand is recorded first
+                failure = exc  # fetching the next chunk failed: those in hand are recorded first
                 break
             future = None
-            if reader is not None and held is not None and chunk.items:
+            if reader is not None and held and chunk.items:
+                # The first chunk is read here, beside the worker's reading of the next ones.
                 future = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
-            if held is not None:
-                if held[1] is not None:
-                    ahead = min(1.0, ahead + 0.25) if held[1].done() else max(0.0, ahead - 0.25)
+            held.append((chunk, future))
+            if len(held) > _AHEAD:
+                oldest, pending = held.popleft()
+                if pending is not None:
+                    ahead = min(1.0, ahead + 0.25) if pending.done() else max(0.0, ahead - 0.25)
                 done = await self._record_chunk(
-                    identity, folder, validity, *held, now, durable=durable_each
+                    identity, folder, validity, oldest, pending, now, durable=durable_each
                 )
-                yield held[0], done
-            held = (chunk, future)
-        if held is not None:
-            yield held[0], await self._record_chunk(identity, folder, validity, *held, now)
+                yield oldest, done
+        while held:
+            oldest, pending = held.popleft()
+            done = await self._record_chunk(
+                identity, folder, validity, oldest, pending, now, durable=durable_each or not held
+            )
+            yield oldest, done
         if failure is not None:
             raise failure
 

@@ -232,6 +232,10 @@ class Store:
             # commit's cost there; the daemon checkpoints between ticks instead (``checkpoint``)
             # and this is the backstop (64 MB of 4 KiB pages).
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            # A savepoint's undo copies (the inbound chunk's: ~1 MB) in memory: past 64 KiB
+            # SQLite otherwise spills them to a temporary file, created and unlinked per
+            # savepoint, one write per page.
+            db.execute("PRAGMA temp_store=MEMORY")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=30000")
         store = cls(db)
