@@ -26,7 +26,7 @@ from mailer.domain.models import (
 from mailer.domain.planner import PlanFacts
 from mailer.ledger import collector_paused
 from mailer.slots import slot_constructor
-from mailer.store.db import EventItem, Store, iso
+from mailer.store.db import EventItem, Store, iso, rows_in
 
 CHUNK = 1000  # rows looked up or written per statement: memory stays flat however big the file
 
@@ -394,15 +394,13 @@ def _paid_anchors(
 ) -> dict[int, date]:
     """The oldest unpaid due date of each of ``case_ids`` that owes anything, in Decimal."""
     anchors: dict[int, date] = {}
-    for part in _chunks(case_ids, 500):
-        sql = _PAID_SQL.format(marks=", ".join("?" * len(part)))
-        for case_id, due, amount, paid in conn.execute(sql, tuple(part)):
-            owed = Decimal(amount) - sum(map(Decimal, paid.split()), ZERO) if paid else None
-            # As Invoice.is_paid: unpaid while the payments sum to less than the amount.
-            if (Decimal(amount) > ZERO) if owed is None else owed > ZERO:
-                day = _day(dates, due)
-                if case_id not in anchors or day < anchors[case_id]:
-                    anchors[case_id] = day
+    for case_id, due, amount, paid in rows_in(conn, _PAID_SQL, case_ids):
+        owed = Decimal(amount) - sum(map(Decimal, paid.split()), ZERO) if paid else None
+        # As Invoice.is_paid: unpaid while the payments sum to less than the amount.
+        if (Decimal(amount) > ZERO) if owed is None else owed > ZERO:
+            day = _day(dates, due)
+            if case_id not in anchors or day < anchors[case_id]:
+                anchors[case_id] = day
     return anchors
 
 

@@ -10,7 +10,7 @@ import pwd
 import secrets
 import sqlite3
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,6 +170,21 @@ def _chain_rows(
 
 
 WAL_PAGES = 16384  # see Store.open
+
+
+def rows_in(
+    conn: sqlite3.Connection,
+    sql: str,
+    values: Sequence[Any],
+    args: tuple[Any, ...] = (),
+    size: int = 500,
+) -> Iterator[Any]:
+    """The rows of ``sql`` for ``values`` taken ``size`` at a time (memory and the number of
+    bound parameters stay bounded): ``{marks}`` in ``sql`` becomes a chunk's placeholders,
+    bound after ``args``."""
+    for start in range(0, len(values), size):
+        part = values[start : start + size]
+        yield from conn.execute(sql.format(marks=", ".join("?" * len(part))), (*args, *part))
 
 
 def _not_as_root(path: Path) -> None:

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from mailer.domain.inbound import CaseFacts, SentRef
 from mailer.domain.models import CaseStatus, ContactStatus, DebtorKind
-from mailer.store.db import Store, canonical, iso
-
-T = TypeVar("T")
-_CHUNK = 500  # SQLite's default host-parameter limit is far above this
+from mailer.store.db import Store, canonical, iso, rows_in
 
 
 def encode_classification(data: dict[str, Any]) -> str:
@@ -54,71 +51,57 @@ def save_checkpoint(
         )
 
 
-def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 def sent_refs(store: Store, message_ids: Iterable[str]) -> dict[str, SentRef]:
     """Which of these Message-IDs are ours, with what the inbound side needs of each."""
-    wanted = sorted({m for m in message_ids if m})
-    found: dict[str, SentRef] = {}
-    for chunk in _chunks(wanted):
-        rows = store.conn.execute(
-            "SELECT id, case_id, message_id, step, resend, recipients, identity FROM messages"
-            f" WHERE message_id IN ({', '.join('?' * len(chunk))})",
-            tuple(chunk),
+    rows = rows_in(
+        store.conn,
+        "SELECT id, case_id, message_id, step, resend, recipients, identity FROM messages"
+        " WHERE message_id IN ({marks})",
+        sorted({m for m in message_ids if m}),
+    )
+    return {
+        message_id: SentRef(
+            row_id, case_id, message_id, step, resend, tuple(json.loads(recipients)), identity
         )
-        for row_id, case_id, message_id, step, resend, recipients, identity in rows:
-            found[message_id] = SentRef(
-                row_id, case_id, message_id, step, resend, tuple(json.loads(recipients)), identity
-            )
-    return found
+        for row_id, case_id, message_id, step, resend, recipients, identity in rows
+    }
 
 
 def contact_cases(store: Store, addresses: Iterable[str]) -> dict[str, int]:
     """Debtor contact address (lower case) → that debtor's case (the open one, else the latest)."""
     wanted = sorted({a.lower() for a in addresses if a})
     found: dict[str, int] = {}
-    for chunk in _chunks(wanted):
-        # Open cases first, through the index of open cases: asked for all cases at once,
-        # SQLite reads every case in the store for each look-up.
-        rows = store.conn.execute(
-            "SELECT lower(c.address), k.id FROM contacts c JOIN cases k"
-            " ON k.debtor_id = c.debtor_id AND k.closed_at IS NULL"
-            f" WHERE c.address IN ({', '.join('?' * len(chunk))}) ORDER BY k.id",
-            tuple(chunk),
-        )
-        for address, case_id in rows:
-            found[address] = int(case_id)  # the newest open case is written last
+    # Open cases first, through the index of open cases: asked for all cases at once, SQLite
+    # reads every case in the store for each look-up.
+    for address, case_id in rows_in(
+        store.conn,
+        "SELECT lower(c.address), k.id FROM contacts c JOIN cases k"
+        " ON k.debtor_id = c.debtor_id AND k.closed_at IS NULL"
+        " WHERE c.address IN ({marks}) ORDER BY k.id",
+        wanted,
+    ):
+        found[address] = int(case_id)  # the newest open case is written last
     # The rest: addresses of no contact at all (report senders, strangers), and now and then a
     # debtor whose cases are all closed. CROSS JOIN keeps SQLite to this order, contacts first:
     # an address that is no contact reads no case.
-    rest = [a for a in wanted if a not in found]
-    for chunk in _chunks(rest):
-        rows = store.conn.execute(
-            "SELECT lower(c.address), k.id FROM contacts c CROSS JOIN cases k"
-            f" ON k.debtor_id = c.debtor_id WHERE c.address IN ({', '.join('?' * len(chunk))})"
-            " ORDER BY k.id",
-            tuple(chunk),
-        )
-        for address, case_id in rows:
-            found[address] = int(case_id)  # the newest case is written last
+    for address, case_id in rows_in(
+        store.conn,
+        "SELECT lower(c.address), k.id FROM contacts c CROSS JOIN cases k"
+        " ON k.debtor_id = c.debtor_id WHERE c.address IN ({marks}) ORDER BY k.id",
+        [a for a in wanted if a not in found],
+    ):
+        found[address] = int(case_id)  # the newest case is written last
     return found
 
 
 def soft_bounced(store: Store, addresses: Iterable[str]) -> set[str]:
     """Which of these contact addresses (lower case) have soft bounces counted."""
-    wanted = sorted({a.lower() for a in addresses if a})
-    found: set[str] = set()
-    for chunk in _chunks(wanted):
-        rows = store.conn.execute(
-            "SELECT address FROM contacts WHERE soft_bounces != 0"
-            f" AND address IN ({', '.join('?' * len(chunk))})",
-            tuple(chunk),
-        )
-        found.update(r[0].lower() for r in rows)  # Python's lower, as the callers look up
-    return found
+    rows = rows_in(
+        store.conn,
+        "SELECT address FROM contacts WHERE soft_bounces != 0 AND address IN ({marks})",
+        sorted({a.lower() for a in addresses if a}),
+    )
+    return {r[0].lower() for r in rows}  # Python's lower, as the callers look up
 
 
 def case_facts(store: Store, case_id: int) -> CaseFacts | None:
@@ -127,49 +110,42 @@ def case_facts(store: Store, case_id: int) -> CaseFacts | None:
 
 def cases_facts(store: Store, case_ids: Iterable[int]) -> dict[int, CaseFacts]:
     """``case_facts`` of many cases, read together: case id → facts (absent: no such case)."""
-    wanted = sorted(set(case_ids))
+    rows: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows_in(
+        store.conn,
+        "SELECT k.id, k.status, k.paused_until, d.kind, d.timezone, c.address, c.status,"
+        " c.soft_bounces FROM cases k JOIN debtors d ON d.id = k.debtor_id"
+        " LEFT JOIN contacts c ON c.debtor_id = k.debtor_id"
+        " WHERE k.id IN ({marks}) ORDER BY k.id, c.position, c.id",
+        sorted(set(case_ids)),
+    ):
+        rows.setdefault(row[0], []).append(row)
     found: dict[int, CaseFacts] = {}
-    for chunk in _chunks(wanted):
-        rows: dict[int, list[tuple[Any, ...]]] = {}
-        for row in store.conn.execute(
-            "SELECT k.id, k.status, k.paused_until, d.kind, d.timezone, c.address, c.status,"
-            " c.soft_bounces FROM cases k JOIN debtors d ON d.id = k.debtor_id"
-            " LEFT JOIN contacts c ON c.debtor_id = k.debtor_id"
-            f" WHERE k.id IN ({', '.join('?' * len(chunk))}) ORDER BY k.id, c.position, c.id",
-            tuple(chunk),
-        ):
-            rows.setdefault(row[0], []).append(row)
-        for case_id, case_rows in rows.items():
-            _id, status, paused_until, kind, timezone = case_rows[0][:5]
-            found[case_id] = CaseFacts(
-                case_id=case_id,
-                status=CaseStatus(status),
-                paused_until=datetime.fromisoformat(paused_until) if paused_until else None,
-                debtor_kind=DebtorKind(kind),
-                timezone=timezone,
-                contacts=tuple(
-                    (a, ContactStatus(s), int(n)) for *_, a, s, n in case_rows if a is not None
-                ),
-            )
+    for case_id, case_rows in rows.items():
+        _id, status, paused_until, kind, timezone = case_rows[0][:5]
+        found[case_id] = CaseFacts(
+            case_id=case_id,
+            status=CaseStatus(status),
+            paused_until=datetime.fromisoformat(paused_until) if paused_until else None,
+            debtor_kind=DebtorKind(kind),
+            timezone=timezone,
+            contacts=tuple(
+                (a, ContactStatus(s), int(n)) for *_, a, s, n in case_rows if a is not None
+            ),
+        )
     return found
 
 
 def cases_with_pending(store: Store, case_ids: Iterable[int]) -> set[int]:
     """Which of these cases have messages not yet handed to a server: the ones
     ``outbox.cancel_pending`` would withdraw (same states)."""
-    wanted = sorted(set(case_ids))
-    found: set[int] = set()
-    for chunk in _chunks(wanted):
-        found.update(
-            int(r[0])
-            for r in store.conn.execute(
-                "SELECT DISTINCT case_id FROM messages"
-                " WHERE state IN ('queued', 'deferred', 'awaiting_approval')"
-                f" AND case_id IN ({', '.join('?' * len(chunk))})",
-                tuple(chunk),
-            )
-        )
-    return found
+    rows = rows_in(
+        store.conn,
+        "SELECT DISTINCT case_id FROM messages"
+        " WHERE state IN ('queued', 'deferred', 'awaiting_approval') AND case_id IN ({marks})",
+        sorted(set(case_ids)),
+    )
+    return {int(r[0]) for r in rows}
 
 
 def handled_bounces(
@@ -179,20 +155,15 @@ def handled_bounces(
     messages, stored and acted on. A UID's row, if any, holds that very message (UIDs are not
     reused within a UIDVALIDITY), so it is looked up by its hash: indexed, where the UIDs are not.
     """
-    found: list[int] = []
-    items = sorted(bodies.items())
-    for chunk in _chunks(items):
-        found.extend(
-            int(r[0])
-            for r in store.conn.execute(
-                "SELECT uid FROM inbound WHERE identity = ? AND folder = ? AND uidvalidity = ?"
-                " AND state = 'handled' AND kind = 'bounce' AND related_message IS NOT NULL"
-                f" AND raw_sha256 IN ({', '.join('?' * len(chunk))})",
-                (identity, folder, validity, *(digest for _uid, digest in chunk)),
-            )
-            if r[0] is not None and int(r[0]) in bodies
-        )
-    return sorted(found)
+    rows = rows_in(
+        store.conn,
+        "SELECT uid FROM inbound WHERE identity = ? AND folder = ? AND uidvalidity = ?"
+        " AND state = 'handled' AND kind = 'bounce' AND related_message IS NOT NULL"
+        " AND raw_sha256 IN ({marks})",
+        [digest for _uid, digest in sorted(bodies.items())],
+        (identity, folder, validity),
+    )
+    return sorted(int(r[0]) for r in rows if r[0] is not None and int(r[0]) in bodies)
 
 
 def already_stored(store: Store, sha256: str, message_id: str | None) -> bool:
@@ -208,19 +179,12 @@ def stored_keys(
     store: Store, digests: Iterable[str], message_ids: Iterable[str | None]
 ) -> tuple[set[str], set[str]]:
     """``already_stored`` for many messages at once: the digests and Message-IDs on file."""
-    by_sha: set[str] = set()
-    by_id: set[str] = set()
-    for column, wanted, found in (
-        ("raw_sha256", sorted(set(digests)), by_sha),
-        ("message_id", sorted({m for m in message_ids if m}), by_id),
-    ):
-        for chunk in _chunks(wanted):
-            rows = store.conn.execute(
-                f"SELECT {column} FROM inbound WHERE {column} IN ({', '.join('?' * len(chunk))})",
-                tuple(chunk),
-            )
-            found.update(r[0] for r in rows)
-    return by_sha, by_id
+    sql = "SELECT {column} FROM inbound WHERE {column} IN ({{marks}})"
+    by_sha = rows_in(store.conn, sql.format(column="raw_sha256"), sorted(set(digests)))
+    by_id = rows_in(
+        store.conn, sql.format(column="message_id"), sorted({m for m in message_ids if m})
+    )
+    return {r[0] for r in by_sha}, {r[0] for r in by_id}
 
 
 def insert(
