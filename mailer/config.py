@@ -63,7 +63,7 @@ BLOCKING_KEYS = {
 }  # fmt: skip
 INBOUND_KEYS = {
     "folders", "lookback_days", "promise_grace_days", "soft_bounce_limit", "soft_retry_hours",
-    "idle_seconds", "poll_seconds", "move_bounces_to",
+    "idle_seconds", "poll_seconds", "move_bounces_to", "first_read_seconds",
 }  # fmt: skip
 EVIDENCE_KEYS = {
     "tsa_url", "tsa_ca_file", "tsa_certs_file", "timestamp_interval_hours", "tsa_timeout_seconds",
@@ -92,6 +92,9 @@ class InboundSettings:
     soft_retry_hours: float = 24.0  # a soft bounce sends the same reminder again after this
     idle_seconds: float = 25 * 60.0  # IDLE is re-issued before the server's 29-minute limit
     poll_seconds: float = 60.0  # without IDLE, look this often
+    # At start, the first tick (the first reminders) waits at most this long for each mailbox
+    # to be read once: a reply that came while mailer was down acts on its case first.
+    first_read_seconds: float = 120.0
     # Opt-in: handled bounce reports about our messages are moved to this folder (created if
     # missing), out of the person's way. None: nothing is ever moved.
     move_bounces_to: str | None = None
@@ -490,7 +493,7 @@ def _inbound(src: TomlSource, table: dict[str, Any]) -> InboundSettings:
             src.problem(f"{key} must be a whole number >= 0", "inbound", key)
         else:
             values[key] = value
-    for key in ("soft_retry_hours", "idle_seconds", "poll_seconds"):
+    for key in ("soft_retry_hours", "idle_seconds", "poll_seconds", "first_read_seconds"):
         value = table.get(key, getattr(default, key))
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             src.problem(f"{key} must be a number > 0", "inbound", key)

@@ -97,7 +97,6 @@ class Daemon:
     interval: float
     clock: Clock = system_clock
     shutdown_timeout: float = 20.0
-    first_read_timeout: float = 120.0  # see _read_mail_first
     stopping: bool = False
     ticks: int = 0
     last_report: TickReport = field(default_factory=TickReport)
@@ -211,10 +210,11 @@ class Daemon:
     async def _read_mail_first(self) -> None:
         """Before the first tick sends anything, each watched mailbox is read once (or found
         unreachable): a reply that arrived while the daemon was down pauses its case before
-        the next reminder can go. At most ``first_read_timeout`` seconds: a mailbox that
+        the next reminder can go. At most ``[inbound] first_read_seconds``: a mailbox that
         hangs delays the sending, it does not stop it."""
+        limit = self.app.settings.inbound.first_read_seconds
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.first_read_timeout
+        end = loop.time() + limit
         while not self.stopping:
             waiting = [w.identity.address for w in self.watchers if not w.looked]
             if not waiting:
@@ -223,7 +223,7 @@ class Daemon:
             if left <= 0:
                 log.warning(
                     "mailbox %s not read %.0f s after the start: sending without it",
-                    ", ".join(waiting), self.first_read_timeout,
+                    ", ".join(waiting), limit,
                 )  # fmt: skip
                 return
             await self._wait(None, min(left, 0.2))

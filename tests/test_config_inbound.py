@@ -21,6 +21,7 @@ def test_bad_values_are_reported_with_their_lines(tmp_path: Path) -> None:
         EXAMPLE.read_text(encoding="utf-8")
         .replace('folders = ["INBOX"]', "folders = []\nidle_seconds = 3600\nshiny = 1")
         .replace("soft_bounce_limit = 3 ", "soft_bounce_limit = -1 ")
+        .replace("first_read_seconds = 120 ", "first_read_seconds = 0 ")
     )
     path = tmp_path / "mailer.toml"
     path.write_text(text, encoding="utf-8")
@@ -32,6 +33,7 @@ def test_bad_values_are_reported_with_their_lines(tmp_path: Path) -> None:
         "under 29 minutes",
         "unknown key 'shiny'",
         "soft_bounce_limit",
+        "first_read_seconds must be a number > 0",
     ):
         assert expected in problems
     assert all(
