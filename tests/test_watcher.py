@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -19,6 +20,7 @@ from mailer.config import Identity, load_settings
 from mailer.daemon import Daemon, build_transports, make_box, open_mailbox
 from mailer.demo import IDENTITIES, demo_users, write_config
 from mailer.demo_debtors import delivery_report
+from mailer.flows import inbound as inbound_flow
 from mailer.flows.inbound import Inbound, InboundReport
 from mailer.flows.outbound import Outbound
 from mailer.ledger import parse_invoices
@@ -151,7 +153,7 @@ def test_a_hard_bounce_moves_to_the_second_address(app: App, servers: LocalMailS
 
 
 def test_handled_bounces_move_to_a_folder_only_when_asked(
-    tmp_path: Path, servers: LocalMailServers
+    tmp_path: Path, servers: LocalMailServers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = write_config(tmp_path, servers, grace_seconds=0)
     config.write_text(
@@ -175,8 +177,23 @@ def test_handled_bounces_move_to_a_folder_only_when_asked(
         deliver(inbox, delivery_report(outbox.raw(app.store, first), "pay@acme.example", "5.1.1",
             "550 5.1.1 <pay@acme.example>: User unknown", office.now, "mx.acme.example"))  # fmt: skip
         deliver(inbox, answer(app, other, "admin@beta.example", "Pagaré el día 15.", office.now))
+        # One message a chunk, so that the pass is a catch-up of several: a report is moved
+        # only once its chunk's commit is on disk (a catch-up otherwise waits for the disk
+        # only at its end), so that a power cut cannot leave it moved and unrecorded.
+        monkeypatch.setattr(inbound_flow, "CHUNK", 1)
+        commits: list[bool] = []
+        transaction = Store.transaction
+
+        def spy(self: Store, *, durable: bool = True) -> AbstractContextManager[object]:
+            if not self.conn.in_transaction:
+                commits.append(durable)
+            return transaction(self, durable=durable)
+
+        monkeypatch.setattr(Store, "transaction", spy)
         report = await office.sync()
+        monkeypatch.undo()
         assert (report.stored, report.moved) == (2, 1)
+        assert len(commits) >= 3 and all(commits)
         await office.close()
 
     try:
