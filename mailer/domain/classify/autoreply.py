@@ -6,6 +6,7 @@ import re
 from datetime import date
 
 from mailer.domain.classify.dates import find_dates, normalize
+from mailer.domain.classify.lookahead import starting_with
 
 # Body phrases of vacation responders in the five languages our debtors write in.
 _OOO_BODY = re.compile(
@@ -18,7 +19,8 @@ _OOO_BODY = re.compile(
     r"nicht im b[uü]ro|abwesend|im urlaub|au[sß]er haus|automatische antwort|wieder (?:im b[uü]ro|erreichbar|da)",
 )
 # Words after which a date is the day the person is back ("until", "back on", "hasta", "bis", ...).
-_RETURN_CUE = re.compile(
+_RETURN_CUE = starting_with(  # see lookahead.starting_with
+    "abdhjrtuvwz",
     r"\b(?:until|till|til|through|thru|back (?:on|in the office on|at work on)?|return(?:ing)? (?:on|to the office on)?|"
     r"returning|resume|hasta(?: el)?|regreso(?: el)?|regresar[eé](?: el)?|volver[eé](?: el)?|vuelvo(?: el)?|"
     r"de vuelta(?: el)?|reincorporo(?: el)?|retorno(?: el)?|ate|at[eé] (?:o dia|dia)?|retorno(?: no dia| em)?|"

@@ -6,10 +6,14 @@ import re
 from datetime import date
 
 from mailer.domain.classify.dates import find_dates, normalize
+from mailer.domain.classify.lookahead import starting_with
 from mailer.domain.classify.model import Intent
 
 # Rules run on accent-free lower-case text (see dates.normalize), so "envíen" is written "envien".
-_STOP = re.compile(
+# Each is put behind a look-ahead for the letters its alternatives start with (see
+# lookahead.starting_with): a search then tries them only where such a word could begin.
+_STOP = starting_with(
+    "abcdehlnrstu",
     r"\b(?:"
     r"dejen? de (?:escribir|enviar|mandar|contactar|molestar|llamar)|no (?:me |nos )?(?:envien|manden|escriban|contacten|molesten|vuelvan a)"
     r"|no quiero (?:recibir|que me)|dar(?:me|nos)? de baja|darse de baja|baja de (?:la|su|esta) lista|borren? mi (?:correo|direccion|email)"
@@ -19,7 +23,8 @@ _STOP = re.compile(
     r"|no (?:more|further) (?:e-?mails|emails|contact|messages)|leave me alone|harass(?:ment|ing)|cease and desist"
     r")",
 )
-_DISPUTE = re.compile(
+_DISPUTE = starting_with(
+    "cdefilnorstw",
     r"\b(?:"
     r"no (?:estamos|estoy) de acuerdo|(?:la )?factura (?:es |esta )?(?:incorrecta|erronea|mal)|importe (?:es )?(?:incorrecto|erroneo)"
     r"|no (?:reconozco|reconocemos)|no (?:hemos|he) recibido (?:el|la|los|las|ningun|nada|mercancia|pedido|producto|material|servicio)"
@@ -32,7 +37,8 @@ _DISPUTE = re.compile(
     r"|overcharg|charged twice|double(?:-| )charg|defective|damaged goods|disagree"
     r")",
 )
-_PAID = re.compile(
+_PAID = starting_with(
+    "aefhiloprstwy",
     r"\b(?:"
     r"ya (?:esta|estan|ha sido|han sido|lo hemos|lo he|la hemos|la he|hemos|he|se ha|se hizo|se realizo|fue|quedo)\s*(?:\w+\s+){0,2}?(?:pagad|abonad|transferid|saldad|liquidad|ingresad|hech|realizad|pag|abon)"
     r"|(?:hemos|he) (?:pagado|abonado|transferido|realizado (?:el pago|la transferencia)|hecho (?:el pago|la transferencia)|ingresado|liquidado|saldado)"
@@ -43,7 +49,8 @@ _PAID = re.compile(
     r"|(?:we|i) (?:sent|made|transferred|wired) (?:the |a |you the )?(?:payment|transfer|money|funds)"
     r")",
 )
-_HARDSHIP = re.compile(
+_HARDSHIP = starting_with(
+    "abcdefhilmnpsuw",
     r"\b(?:"
     r"(?:pagar|pago|pagos|abonar) (?:a|en) plazos|plazos|fraccionar|aplazar|aplazamiento|(?:mas|un poco de|algo de|un poco mas de|algo mas de) (?:tiempo|plazo|margen)|prorroga"
     r"|no (?:puedo|podemos|podre|podremos) (?:pagar|abonar|hacer frente|asumir)|(?:dificultades|problemas) (?:economicas|financieros|economicos|de liquidez|de tesoreria)"
@@ -53,7 +60,8 @@ _HARDSHIP = re.compile(
     r"|struggling|lost my job|unemployed|bankrupt"
     r")",
 )
-_PROMISE = re.compile(
+_PROMISE = starting_with(
+    "aehilmopqrstvw",
     r"\b(?:"
     r"(?:le |les |te |os )?(?:pagare|pagaremos|abonare|abonaremos|transferire|transferiremos|ingresare|ingresaremos|liquidare|liquidaremos|saldare|saldaremos)"
     r"|(?:le |les |te |os )?(?:hare|haremos|realizare|realizaremos|mandare|mandaremos|enviare|enviaremos) (?:el|la|un|una) (?:pago|transferencia|ingreso|abono)"
@@ -63,9 +71,14 @@ _PROMISE = re.compile(
     r"|payment (?:will be|is) (?:made|sent|scheduled|processed|on its way)|(?:is|has been) scheduled for|(?:will|should) (?:be )?(?:paid|settled)"
     r")",
 )
-_NEGATED_PROMISE = re.compile(
+_NEGATED_PROMISE = starting_with(
+    "acnw",
     r"\bno (?:le |les |te |os )?(?:pagare|pagaremos|vamos a pagar|voy a pagar|podre pagar|podremos pagar)"
     r"|\b(?:won'?t|will not|can'?t|cannot|am not going to|are not going to) (?:be able to )?pay",
+)
+_NOT_PAID = starting_with(
+    "ahnt",
+    r"\b(?:todavia|aun) no (?:hemos|he) pagado|\bnot (?:yet )?(?:been )?paid\b|\bhaven'?t paid\b",
 )
 
 
@@ -83,10 +96,7 @@ def classify_intent(text: str, ref: date) -> tuple[Intent, date | None]:
     if _DISPUTE.search(low):
         return Intent.DISPUTE, None
     negated = bool(_NEGATED_PROMISE.search(low))
-    if _PAID.search(low) and not re.search(
-        r"\b(?:todavia|aun) no (?:hemos|he) pagado|\bnot (?:yet )?(?:been )?paid\b|\bhaven'?t paid\b",
-        low,
-    ):
+    if _PAID.search(low) and not _NOT_PAID.search(low):
         return Intent.PAID_ALREADY, None
     promise = _PROMISE.search(low)
     # "can we pay in instalments" or "I can't pay now" is hardship even when a date follows.

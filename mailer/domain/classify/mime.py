@@ -61,13 +61,7 @@ class Headers:
     __slots__ = ("_decoded", "_raw")
 
     def __init__(self, msg: Message | None) -> None:
-        raw: dict[str, tuple[str, str]] = {}
-        if msg is not None:
-            for name, value in msg.raw_items():
-                key = name.lower()
-                if key not in raw:
-                    raw[key] = (name, value)
-        self._raw = raw
+        self._raw = header_index(msg) if msg is not None else {}
         self._decoded: dict[str, str] = {}
 
     def __getitem__(self, name: str) -> str:
@@ -89,6 +83,36 @@ class Headers:
         """Whether the header is there with a non-empty raw value (what `msg.get(name)` tests)."""
         found = self._raw.get(name.lower())
         return found is not None and bool(found[1])
+
+    def any_of(self, lower_names: frozenset[str]) -> bool:
+        """Whether any of these (lower-case) names is there at all: when not, each reads ""."""
+        return not lower_names.isdisjoint(self._raw)
+
+
+_INDEX = "_mailer_header_index"  # where header_index keeps its dict on the part
+
+
+def header_index(part: Message) -> dict[str, tuple[str, str]]:
+    """The part's headers by lower-case name, the first of each (as `get` finds it), read once.
+
+    The classifier asks a part for several headers (Content-Type three or four times, its
+    transfer encoding, disposition, ...), and `get` lower-cases every name of the list on each
+    call. The index lives on the part itself, so it goes with the message it was read from; it
+    is made again if the part's header list was replaced, grew or shrank since (the classifier
+    never changes a message: a header replaced in place would not be seen).
+    """
+    headers: list[tuple[str, str]] = part._headers  # type: ignore[attr-defined]
+    kept = part.__dict__.get(_INDEX)
+    if kept is not None and kept[0] is headers and kept[1] == len(headers):
+        index: dict[str, tuple[str, str]] = kept[2]
+        return index
+    index = {}
+    for name, value in headers:
+        key = name.lower()
+        if key not in index:
+            index[key] = (name, value)
+    part.__dict__[_INDEX] = (headers, len(headers), index)
+    return index
 
 
 # The plain forms most address headers take: "a@b.example", "a@b.example (Some Name)" and
@@ -139,12 +163,13 @@ def plain_header(part: Message, name: str) -> str | None:
     the email package can give the value (8-bit bytes become a Header)."""
     if part.policy is not compat32:
         raise _NotPlain
-    for key, value in part._headers:  # type: ignore[attr-defined]
-        if key.lower() == name:
-            if isinstance(value, str) and value.isascii():
-                return value
-            raise _NotPlain
-    return None
+    found = header_index(part).get(name)
+    if found is None:
+        return None
+    value = found[1]
+    if isinstance(value, str) and value.isascii():
+        return value
+    raise _NotPlain
 
 
 class _NotPlain(Exception):
