@@ -523,6 +523,9 @@ class Inbound:
                 if isinstance(changed, CaseFacts):  # what the case is now: no need to read it
                     facts, fresh = changed, True
                     known.facts[facts.case_id] = facts
+                    # A pause or a review withdrew whatever waited to go (the states
+                    # cases_with_pending reads): the case's next messages need not look.
+                    known.pending.discard(facts.case_id)
                 elif changed:
                     fresh = False
                     known.forget(facts.case_id)
@@ -617,7 +620,7 @@ class Inbound:
         about is unknown); ``source`` says how a refusal was seen: "dsn" or "smtp". ``fresh``
         says ``facts`` were read in this transaction and nothing changed the case since, so
         they need not be read again. ``withdraw`` False says the caller knows the case has no
-        message waiting to go, so a pause or a lost address has nothing to withdraw.
+        message waiting to go, so a pause, a review or a lost address has nothing to withdraw.
         """
         store = self.app.store
         case_id = facts.case_id
@@ -643,7 +646,7 @@ class Inbound:
         elif isinstance(effect, ToReview):
             current = facts if fresh else store_inbound.case_facts(store, case_id)
             assert current is not None
-            to_review(store, case_id, current.status, now, effect.reason)
+            to_review(store, case_id, current.status, now, effect.reason, withdraw=withdraw)
             if current.status in REVIEWABLE:
                 return dataclasses.replace(current, status=CaseStatus.REVIEW, paused_until=None)
             return current
@@ -795,7 +798,8 @@ class _Known:
     # them (then read again): most messages of a catch-up find their case as the one before
     # left it.
     facts: dict[int, CaseFacts]
-    # Cases with messages waiting to go (the only ones a pause or a lost address withdraws).
+    # Cases with messages waiting to go (the only ones a pause, a review or a lost address
+    # withdraws).
     pending: set[int]
 
     @classmethod

@@ -67,15 +67,25 @@ REVIEWABLE = frozenset(
 )
 
 
-def to_review(store: Store, case_id: int, status: CaseStatus, now: datetime, reason: str) -> None:
+def to_review(
+    store: Store,
+    case_id: int,
+    status: CaseStatus,
+    now: datetime,
+    reason: str,
+    *,
+    withdraw: bool = True,
+) -> None:
     """Mailer hands a case to a person: review (unless closed or stopped), nothing pending left.
 
     The one way mailer itself does it (a reply, a refusal, a blocking verdict); ``status`` is
-    the case's status as the caller read it in this transaction.
+    the case's status as the caller read it in this transaction. ``withdraw`` False: the caller
+    knows the case has no message waiting to go, so there is nothing to withdraw.
     """
     if status in REVIEWABLE:
         set_case_status(store, case_id, CaseStatus.REVIEW, now, "mailer", reason[:500])
-    outbox.cancel_pending(store, case_id, now, {"reason": f"case to review: {reason[:200]}"})
+    if withdraw:
+        outbox.cancel_pending(store, case_id, now, {"reason": f"case to review: {reason[:200]}"})
 
 
 class Resolution(StrEnum):

@@ -11,7 +11,7 @@ import secrets
 import sqlite3
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -265,8 +265,7 @@ class Store:
         for them): the daemon's housekeeping between ticks."""
         self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT: all or nothing, and the write lock taken up front.
 
         ``durable=False`` commits without waiting for the disk (WAL, synchronous=NORMAL): the
@@ -274,11 +273,15 @@ class Store:
         commit (the WAL is written in order, so its fsync makes every earlier commit durable
         too). For writes that are made again if lost, such as a planning pass's plans, whose
         messages are claimed durably before a byte is sent. A nested use joins the outer
-        transaction, whatever it asks.
+        transaction, whatever it asks (the common case: each message of an inbound chunk, each
+        store function it calls).
         """
         if self.conn.in_transaction:
-            yield self.conn
-            return
+            return nullcontext(self.conn)
+        return self._transaction(durable)
+
+    @contextmanager
+    def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:
         if not durable:
             self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
