@@ -30,7 +30,7 @@ from mailer.config import load_settings
 from mailer.demo import IDENTITIES, write_config
 from mailer.domain.classify import classify
 from mailer.flows.inbound import CHUNK, Chunk, Inbound
-from mailer.flows.reading import Reader, read, read_all
+from mailer.flows.reading import PART, WINDOW, Reader, read, read_all
 from mailer.localservers import LocalMailServers, deliver
 from mailer.store import inbound as store_inbound
 from mailer.store.db import Store, compress
@@ -228,6 +228,41 @@ def test_a_worker_that_dies_mid_chunk_costs_time_not_mail() -> None:
     finally:
         reader.close()
     assert not multiprocessing.active_children()
+
+
+def test_parts_the_worker_was_not_given_are_read_here_and_a_dropped_chunk_is_not_read() -> None:
+    mails = mailbox(failing=False)
+    today = NOW.date()
+    many = (mails * 40)[: PART * 6]
+    reader = Reader()
+    assert reader.start()
+    try:
+        first = reader.submit(many, today)
+        assert first is not None
+        # Holding the reader's lock, no part ends and gives the worker the next one: the
+        # worker holds WINDOW parts of the first chunk, the rest wait in this process.
+        with reader._lock:
+            assert sum(p.future is not None for p in first.parts) == WINDOW
+            second = reader.submit(mails, today)
+            dropped = reader.submit(mails, today)
+            assert second is not None and dropped is not None
+            assert all(p.future is None for p in second.parts + dropped.parts)
+            reader.drop(dropped)
+            # Asked for while waiting, the second chunk is taken back and read here.
+            got = asyncio.run(reader.result(second, mails, today))
+            assert got == [read(raw, today) for raw in mails]
+            assert all(p.taken and p.future is None for p in second.parts)
+        got = asyncio.run(reader.result(first, many, today))
+        assert got == [read(raw, today) for raw in many]
+        # Each part of the first chunk was read once: by the worker, or here if it had not
+        # been given to the worker when asked for.
+        assert all((p.future is not None) != p.taken for p in first.parts)
+        assert all(p.future is None for p in dropped.parts)  # never given to the worker
+        assert not reader._waiting
+        with pytest.raises(ValueError):
+            asyncio.run(reader.result(reader.submit(mails, today), mails[:-1], today))
+    finally:
+        reader.close()
 
 
 def test_a_dead_worker_costs_time_not_mail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

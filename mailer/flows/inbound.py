@@ -11,7 +11,6 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -46,7 +45,7 @@ from mailer.domain.inbound import (
 )
 from mailer.domain.models import CaseStatus, MessageState
 from mailer.flows.blocking import Failover
-from mailer.flows.reading import Read, Reader
+from mailer.flows.reading import Handed, Read, Reader
 from mailer.flows.reading import read as read_one
 from mailer.flows.staff import REVIEWABLE, set_case_status, to_review
 from mailer.store import blocking as store_blocking
@@ -286,40 +285,49 @@ class Inbound:
         # chunk it reads faster than this process records the one before does not leave it
         # idle, and a slower one does not keep this process waiting: each side's pace varies
         # from chunk to chunk, and with one chunk in hand either waited for the other's.
-        held: deque[tuple[Chunk, Future[list[Read]] | None]] = deque()
+        held: deque[tuple[Chunk, Handed | None]] = deque()
         failure: Exception | None = None
         # The share of a chunk whose other pure work (compressing, encoding) the worker does
         # too: more while its results are ready before they are needed, less while this
         # process waits for them, so that neither process waits for the other for long.
         ahead = 0.5
-        source = aiter(chunks)
-        while True:
-            try:
-                chunk = await anext(source)
-            except StopAsyncIteration:
-                break
-            except Exception as exc:
-                failure = exc  # fetching the next chunk failed: those in hand are recorded first
-                break
-            future = None
-            if reader is not None and held and chunk.items:
-                # The first chunk is read here, beside the worker's reading of the next ones.
-                future = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
-            held.append((chunk, future))
-            if len(held) > _AHEAD:
+        try:
+            source = aiter(chunks)
+            while True:
+                try:
+                    chunk = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    # Fetching the next chunk failed: those in hand are recorded first.
+                    failure = exc
+                    break
+                future = None
+                if reader is not None and held and chunk.items:
+                    # The first chunk is read here, beside the worker's reading of the next ones.
+                    future = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
+                held.append((chunk, future))
+                if len(held) > _AHEAD:
+                    oldest, pending = held.popleft()
+                    if pending is not None:
+                        ready = pending.done()
+                        ahead = min(1.0, ahead + 0.25) if ready else max(0.0, ahead - 0.25)
+                    done = await self._record_chunk(
+                        identity, folder, validity, oldest, pending, now, durable=durable_each
+                    )
+                    yield oldest, done
+            while held:
                 oldest, pending = held.popleft()
-                if pending is not None:
-                    ahead = min(1.0, ahead + 0.25) if pending.done() else max(0.0, ahead - 0.25)
+                durable = durable_each or not held
                 done = await self._record_chunk(
-                    identity, folder, validity, oldest, pending, now, durable=durable_each
+                    identity, folder, validity, oldest, pending, now, durable=durable
                 )
                 yield oldest, done
-        while held:
-            oldest, pending = held.popleft()
-            done = await self._record_chunk(
-                identity, folder, validity, oldest, pending, now, durable=durable_each or not held
-            )
-            yield oldest, done
+        finally:
+            # Given up half-way (an error, the caller stopped): the worker forgets the rest.
+            for _chunk, pending in held:
+                if pending is not None and reader is not None:
+                    reader.drop(pending)
         if failure is not None:
             raise failure
 
@@ -329,7 +337,7 @@ class Inbound:
         folder: str,
         validity: int | None,
         chunk: Chunk,
-        future: Future[list[Read]] | None,
+        future: Handed | None,
         now: datetime,
         *,
         durable: bool = True,

@@ -10,9 +10,12 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from typing import NamedTuple
 
 from mailer.domain.classify import Classification, classify
@@ -20,6 +23,13 @@ from mailer.store.db import compress
 from mailer.store.inbound import encode_classification
 
 log = logging.getLogger(__name__)
+# Messages a task of the worker reads (~10 ms of work): the unit this process takes back, and
+# reads itself, when the worker is behind.
+PART = 50
+# Parts given to the worker at once: the one it reads and the next, so that it never waits for
+# this process to hand it more. The rest wait here, where they can still be taken back (what the
+# executor has queued cannot be).
+WINDOW = 2
 
 
 class Read(NamedTuple):
@@ -62,12 +72,45 @@ def _orphaned(parent: int) -> None:
     os._exit(0)
 
 
+@dataclass(eq=False)
+class _Part:
+    """Messages start:end of a handed chunk: waiting here (no future), or given to the worker."""
+
+    raws: list[bytes]
+    today: date
+    share: int  # of them to make ready for recording too (``read_all``'s ``ahead``)
+    start: int
+    end: int
+    future: Future[list[Read]] | None = None
+    taken: bool = False  # taken back (or never given): read in-process
+
+
+class Handed:
+    """A chunk handed to the reader, in parts."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[_Part]) -> None:
+        self.parts = parts
+
+    @property
+    def end(self) -> int:
+        return self.parts[-1].end if self.parts else 0
+
+    def done(self) -> bool:
+        """Whether the worker has read every part (its results wait to be taken)."""
+        return all(p.future is not None and p.future.done() for p in self.parts)
+
+
 class Reader:
     """Classifies chunks of mail in one worker process while the caller records earlier chunks.
 
     On two cores a chunk's classification (~40 ms for 200 messages) then costs the recording
-    process only the unpickling of its results. Started on first use (``start`` to wait for it)
-    and kept until ``close``; chunks are read in-process until it is up.
+    process only the unpickling of its results. The worker is given a chunk in parts, two at a
+    time; when the recording asks for a chunk whose parts still wait, it reads them itself, so a
+    worker that falls behind (a slow chunk, a busy machine) shares the reading instead of making
+    the recording wait. Started on first use (``start`` to wait for it) and kept until
+    ``close``; chunks are read in-process until it is up.
     Whatever goes wrong with the worker (it cannot start, it dies, a result cannot be sent back)
     costs nothing but time: the chunk is read in-process instead, with the same outcome, since
     reading is pure. After a failure the worker is started again at the next chunk, at most
@@ -82,6 +125,13 @@ class Reader:
         self._failures = 0
         self._closed = False
         self._answered = False  # the running worker has answered (it is up)
+        # Parts handed but not yet given to the worker, oldest first, and how many it has.
+        # The lock is shared with the executor's thread, which gives the next part as one ends
+        # (a future's callback). It is taken before the executor's own lock (in ``submit``),
+        # never after: the executor runs callbacks without holding its lock.
+        self._lock = threading.RLock()
+        self._waiting: deque[_Part] = deque()
+        self._given = 0
 
     @classmethod
     def for_machine(cls) -> Reader | None:
@@ -109,55 +159,114 @@ class Reader:
             try:
                 # spawn: a fresh interpreter, nothing of the daemon's state (its SQLite
                 # connection, sockets, threads) copied into it.
-                self._pool = ProcessPoolExecutor(
+                pool = ProcessPoolExecutor(
                     self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_worker_started,
                     initargs=(os.getpid(),),
                 )
+                with self._lock:
+                    self._pool, self._given = pool, 0
             except Exception as exc:  # no process support here (a sandbox, no /dev/shm)
                 self._failed(exc)
                 return None
         return self._pool
 
-    def submit(
-        self, raws: Sequence[bytes], today: date, ahead: float = 0.0
-    ) -> Future[list[Read]] | None:
-        """Start reading ``raws`` in the worker, with the rest of the pure work for a share
-        ``ahead`` (0 to 1) of them; None when there is no worker to do it."""
-        pool = self._ensure()
-        if pool is None:
+    def submit(self, raws: Sequence[bytes], today: date, ahead: float = 0.0) -> Handed | None:
+        """Hand ``raws`` to the worker, in parts of ``PART``, with the rest of the pure work for a
+        share ``ahead`` (0 to 1) of them; None when there is no worker to do it."""
+        if self._ensure() is None:
             return None
-        try:
-            return pool.submit(read_all, list(raws), today, round(ahead * len(raws)))
-        except Exception as exc:  # the pool broke since the last chunk
-            self._failed(exc)
-            return None
+        extra = round(ahead * len(raws))
+        parts = []
+        for start in range(0, len(raws), PART):
+            piece = list(raws[start : start + PART])
+            share = max(0, min(len(piece), extra - start))
+            parts.append(_Part(piece, today, share, start, start + len(piece)))
+        with self._lock:
+            self._waiting.extend(parts)
+        self._give()
+        return Handed(parts)
 
-    async def result(
-        self, future: Future[list[Read]] | None, raws: Sequence[bytes], today: date
-    ) -> list[Read]:
-        """What ``submit`` started, or the same read in-process if the worker failed at it.
+    def _give(self) -> None:
+        """Give the worker waiting parts until it has ``WINDOW`` of them."""
+        with self._lock:
+            while self._given < WINDOW * self.workers and self._waiting:
+                part = self._waiting[0]
+                pool = self._pool
+                if pool is None or self._closed:
+                    return  # the parts wait, and are read in-process when their turn comes
+                try:
+                    future = pool.submit(read_all, part.raws, part.today, part.share)
+                except Exception:  # the pool broke: these parts are read in-process
+                    return
+                self._waiting.popleft()
+                part.future = future
+                self._given += 1
+                future.add_done_callback(partial(self._given_back, pool))
 
-        Until the worker has answered once (it takes ~0.5 s to start), a result that is not
-        ready is not waited for: the chunk is read here, and the worker's copy dropped.
+    def _given_back(self, pool: ProcessPoolExecutor, _future: Future[list[Read]]) -> None:
+        # In the executor's thread (or this one, if it was done at once). A part of a pool
+        # that was replaced no longer counts.
+        with self._lock:
+            if pool is self._pool:
+                self._given -= 1
+        self._give()
+
+    def drop(self, handed: Handed) -> None:
+        """Forget a handed chunk whose result will not be asked for (its caller gave up)."""
+        with self._lock:
+            for part in handed.parts:
+                part.taken = True
+                if part.future is not None:
+                    part.future.cancel()
+            self._waiting = deque(p for p in self._waiting if not p.taken)
+
+    async def result(self, handed: Handed | None, raws: Sequence[bytes], today: date) -> list[Read]:
+        """What ``submit`` started, the same as reading ``raws`` in-process.
+
+        The parts the worker has not been given yet are taken back and read here, while it
+        finishes the ones it has: neither process waits long for the other, whichever is the
+        slower at the time. Until the worker has answered once (it takes ~0.5 s to start), a
+        part that is not ready is not waited for either: it is read here, and the worker's copy
+        dropped. A part the worker fails at is read here too.
         """
-        if future is not None and not self._answered and not future.done():
-            future.cancel()  # if still queued; if running, its result is not used
-            future = None
-        if future is not None:
+        if handed is None:
+            return [read(raw, today) for raw in raws]
+        if handed.end != len(raws):
+            raise ValueError(f"{handed.end} messages handed to the worker, {len(raws)} to read")
+        with self._lock:
+            for part in handed.parts:
+                future = part.future
+                if future is None or future.cancelled():
+                    part.taken = True
+                elif not self._answered and not future.done():
+                    part.taken = True
+                    future.cancel()  # if the executor still has it queued
+            if any(p.taken and p.future is None for p in handed.parts):
+                self._waiting = deque(p for p in self._waiting if not p.taken)
+        out: list[list[Read]] = [
+            [read(raw, today) for raw in p.raws] if p.taken else [] for p in handed.parts
+        ]
+        for i, part in enumerate(handed.parts):
+            if part.taken:
+                continue
+            assert part.future is not None
             try:
-                found = await asyncio.wrap_future(future)
-                if len(found) == len(raws):
-                    self._answered = True
-                    return found
-                raise RuntimeError(f"{len(found)} results for {len(raws)} messages")
+                found = await asyncio.wrap_future(part.future)
+                if len(found) != part.end - part.start:
+                    raise RuntimeError(f"{len(found)} results for {part.end - part.start} messages")
+                self._answered = True
+                out[i] = found
+                continue
             except asyncio.CancelledError:
-                future.cancel()
-                raise
+                if not part.future.cancelled():
+                    raise  # this task was cancelled, not the part
+                # The executor was shut down with the part in it (a failure, or close).
             except Exception as exc:
                 self._failed(exc)
-        return [read(raw, today) for raw in raws]
+            out[i] = [read(raw, today) for raw in part.raws]
+        return [r for part in out for r in part]
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
