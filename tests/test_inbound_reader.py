@@ -177,9 +177,10 @@ def test_the_worker_reads_two_chunks_ahead_and_a_failed_fetch_records_them_first
 
     with pytest.raises(OSError, match="connection lost"):
         asyncio.run(run())
-    # The first chunk is read in this process, beside the worker's reading of the next two.
+    # Every chunk goes to the worker (what it has not started of the first one when that is
+    # needed is read here), two ahead of the one recorded.
     assert steps == [
-        ("read", 1), ("read", 2), ("record", 0), ("read", 3), ("record", 1),
+        ("read", 0), ("read", 1), ("read", 2), ("record", 0), ("read", 3), ("record", 1),
         ("read", 4), ("record", 2), ("record", 3), ("record", 4),
     ]  # fmt: skip
     assert store_inbound.checkpoint(app.store, "cobros", "INBOX").last_uid == 20  # type: ignore[union-attr]

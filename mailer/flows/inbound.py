@@ -269,9 +269,9 @@ class Inbound:
     ) -> AsyncIterator[tuple[Chunk, list[str]]]:
         """``process_many`` over each chunk in turn, in order: each chunk with its outcomes once
         it is committed. ``parallel`` (and a reader): the next chunks (``_AHEAD``) are classified
-        in the reader's worker while this process records the current one, the first one
-        in-process beside the worker's reading of the next. The outcomes and the store are the same
-        either way: classifying is pure.
+        in the reader's worker while this process records the current one (the parts of a chunk
+        the worker has not started when it is needed, the first one's above all, are read here
+        meanwhile). The outcomes and the store are the same either way: classifying is pure.
 
         ``durable_each`` False: a chunk followed by another commits without waiting for the
         disk, and the last one durably, which makes the earlier ones durable too (see
@@ -303,8 +303,7 @@ class Inbound:
                     failure = exc
                     break
                 future = None
-                if reader is not None and held and chunk.items:
-                    # The first chunk is read here, beside the worker's reading of the next ones.
+                if reader is not None and chunk.items:
                     future = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
                 held.append((chunk, future))
                 if len(held) > _AHEAD:
