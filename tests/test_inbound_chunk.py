@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import mailer.flows.inbound as flow
+import mailer.flows.recording as flow
 from mailer.app import App
 from mailer.config import load_settings
 from mailer.demo import write_config

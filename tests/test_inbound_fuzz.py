@@ -147,7 +147,7 @@ def test_hostile_mail_in_a_real_mailbox_does_not_stop_the_pass(tmp_path: Path) -
 def test_a_failure_mid_chunk_rolls_back_that_message_alone(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mailer.flows.inbound as flow
+    import mailer.flows.recording as flow
 
     real = flow.decide
 

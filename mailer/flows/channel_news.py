@@ -21,7 +21,7 @@ from mailer.domain.inbound import (
 )
 from mailer.domain.inbound import decide as decide_inbound
 from mailer.domain.models import ContactStatus, MessageState
-from mailer.flows.inbound import Inbound, readdress
+from mailer.flows.effects import CaseEffects, readdress
 from mailer.store import inbound as store_inbound
 from mailer.store import outbox
 from mailer.store.ledger import load_cases
@@ -37,9 +37,9 @@ def observe(app: App, message: outbox.OutboxMessage, now: datetime, decide: Deci
     if facts is None:
         return
     about = store_inbound.sent_refs(app.store, [message.message_id]).get(message.message_id)
-    inbound = Inbound(app)
-    for effect in decide(facts, about, now, inbound.rules):
-        inbound.apply_effect(effect, facts, now, identity=message.identity, source=source)
+    effects = CaseEffects(app)
+    for effect in decide(facts, about, now, effects.rules):
+        effects.apply(effect, facts, now, identity=message.identity, source=source)
 
 
 def falls_back(app: App, message: outbox.OutboxMessage) -> bool:

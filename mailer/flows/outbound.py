@@ -39,7 +39,7 @@ from mailer.errors import (
     TemporaryError,
 )
 from mailer.flows.blocking import Failover
-from mailer.flows.inbound import Inbound
+from mailer.flows.effects import CaseEffects
 from mailer.flows.staff import to_review
 from mailer.flows.stage import stage
 from mailer.store import blocking as store_blocking
@@ -552,13 +552,11 @@ class Outbound:
                         r.address, reason or Reason.ON_HOLD, status, r.code >= 500, r.text
                     )
                 )
-            inbound = Inbound(self.app)
-            effects = bounce(failed, facts, about, inbound.rules, now)
+            acting = CaseEffects(self.app)
+            effects = bounce(failed, facts, about, acting.rules, now)
             with store.transaction():
                 for effect in effects:
-                    inbound.apply_effect(
-                        effect, facts, now, identity=message.identity, source="smtp"
-                    )
+                    acting.apply(effect, facts, now, identity=message.identity, source="smtp")
         except Exception as exc2:
             log.exception("acting on a refusal failed", extra={"case_id": message.case_id})
             store.append_event(
