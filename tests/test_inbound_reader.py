@@ -220,6 +220,7 @@ def test_a_worker_that_dies_mid_chunk_costs_time_not_mail() -> None:
         kill_workers()
         got = asyncio.run(reader.result(future, mails * 50, today))
         assert got == [read(raw, today) for raw in mails * 50]
+        assert reader._failures == 1  # one death, counted once (each of its parts failed)
         # The next chunk starts a new worker.
         again = reader.submit(mails, today, ahead=1.0)
         assert again is not None
@@ -264,6 +265,32 @@ def test_parts_the_worker_was_not_given_are_read_here_and_a_dropped_chunk_is_not
             asyncio.run(reader.result(reader.submit(mails, today), mails[:-1], today))
     finally:
         reader.close()
+
+
+def test_a_worker_that_died_idle_is_replaced_at_the_next_chunk() -> None:
+    mails = mailbox(failing=False)
+    today = NOW.date()
+    reader = Reader()
+    assert reader.start()
+    try:
+        pool = reader._pool
+        kill_workers()
+        # The executor notices the death by itself; then giving it a part fails at once.
+        wait_for(lambda: bool(getattr(pool, "_broken", False)), "the executor to see it")
+        handed = reader.submit(mails, today)
+        assert handed is not None
+        assert asyncio.run(reader.result(handed, mails, today)) == [read(r, today) for r in mails]
+        assert reader._failures == 1 and reader._pool is None  # recorded, and let go
+        assert reader.start() and reader._pool is not None  # what the next chunk would do
+        again = reader.submit(mails * 3, today)
+        assert again is not None
+        assert asyncio.run(reader.result(again, mails * 3, today)) == [
+            read(r, today) for r in mails * 3
+        ]
+        assert any(p.future is not None and not p.taken for p in again.parts)  # a new worker
+    finally:
+        reader.close()
+    assert not multiprocessing.active_children()
 
 
 def test_a_dead_worker_costs_time_not_mail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

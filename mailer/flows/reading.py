@@ -82,6 +82,7 @@ class _Part:
     start: int
     end: int
     future: Future[list[Read]] | None = None
+    pool: ProcessPoolExecutor | None = None  # the worker's, once given
     taken: bool = False  # taken back (or never given): read in-process
 
 
@@ -198,10 +199,13 @@ class Reader:
                     return  # the parts wait, and are read in-process when their turn comes
                 try:
                     future = pool.submit(read_all, part.raws, part.today, part.share)
-                except Exception:  # the pool broke: these parts are read in-process
+                except Exception as exc:
+                    # The worker died since its last part: these parts are read in-process,
+                    # and the next chunk starts a new worker.
+                    self._failed(exc, pool)
                     return
                 self._waiting.popleft()
-                part.future = future
+                part.future, part.pool = future, pool
                 self._given += 1
                 future.add_done_callback(partial(self._given_back, pool))
 
@@ -264,11 +268,15 @@ class Reader:
                     raise  # this task was cancelled, not the part
                 # The executor was shut down with the part in it (a failure, or close).
             except Exception as exc:
-                self._failed(exc)
+                self._failed(exc, part.pool)
             out[i] = [read(raw, today) for raw in part.raws]
         return [r for part in out for r in part]
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, pool: ProcessPoolExecutor | None = None) -> None:
+        """A worker failed (``pool``: the one a part was given to, if known)."""
+        with self._lock:
+            if pool is not None and pool is not self._pool:
+                return  # that worker was already let go (its other parts fail too)
         self._failures += 1
         log.warning(
             "classifying worker failed (%s: %s): this chunk is read in-process%s",
