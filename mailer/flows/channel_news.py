@@ -31,7 +31,7 @@ Decider = Callable[[CaseFacts, SentRef | None, datetime, InboundRules], Sequence
 
 def observe(app: App, message: outbox.OutboxMessage, now: datetime, decide: Decider,
             source: str) -> None:  # fmt: skip
-    """Decide on fresh facts and act through the inbound flow's own effects (in the caller's
+    """Decide on fresh facts and act through the effects mail acts through (in the caller's
     transaction): a channel's news changes a case as the same news by mail would."""
     facts = store_inbound.case_facts(app.store, message.case_id)
     if facts is None:
