@@ -256,10 +256,10 @@ class Inbound(Recorder):
                     # Fetching the next chunk failed: those in hand are recorded first.
                     failure = exc
                     break
-                future = None
+                handed = None
                 if reader is not None and chunk.items:
-                    future = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
-                held.append((chunk, future))
+                    handed = reader.submit([raw for _uid, raw, _ok in chunk.items], today, ahead)
+                held.append((chunk, handed))
                 if len(held) > _AHEAD:
                     oldest, pending = held.popleft()
                     if pending is not None:
@@ -290,15 +290,15 @@ class Inbound(Recorder):
         folder: str,
         validity: int | None,
         chunk: Chunk,
-        future: Handed | None,
+        handed: Handed | None,
         now: datetime,
         *,
         durable: bool = True,
     ) -> list[str]:
         reads = None
-        if future is not None and self.reader is not None:
+        if handed is not None and self.reader is not None:
             raws = [raw for _uid, raw, _ok in chunk.items]
-            reads = await self.reader.result(future, raws, now.date())
+            reads = await self.reader.result(handed, raws, now.date())
         return self.process_many(
             identity, folder, validity, chunk.items, now, checkpoint=chunk.checkpoint,
             read=reads, durable=durable,

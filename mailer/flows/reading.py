@@ -74,13 +74,11 @@ def _orphaned(parent: int) -> None:
 
 @dataclass(eq=False)
 class _Part:
-    """Messages start:end of a handed chunk: waiting here (no future), or given to the worker."""
+    """Some messages of a handed chunk: waiting here (no future), or given to the worker."""
 
     raws: list[bytes]
     today: date
     share: int  # of them to make ready for recording too (``read_all``'s ``ahead``)
-    start: int
-    end: int
     future: Future[list[Read]] | None = None
     pool: ProcessPoolExecutor | None = None  # the worker's, once given
     taken: bool = False  # taken back (or never given): read in-process
@@ -93,10 +91,6 @@ class Handed:
 
     def __init__(self, parts: list[_Part]) -> None:
         self.parts = parts
-
-    @property
-    def end(self) -> int:
-        return self.parts[-1].end if self.parts else 0
 
     def done(self) -> bool:
         """Whether the worker has read every part (its results wait to be taken)."""
@@ -183,7 +177,7 @@ class Reader:
         for start in range(0, len(raws), PART):
             piece = list(raws[start : start + PART])
             share = max(0, min(len(piece), extra - start))
-            parts.append(_Part(piece, today, share, start, start + len(piece)))
+            parts.append(_Part(piece, today, share))
         with self._lock:
             self._waiting.extend(parts)
         self._give()
@@ -237,8 +231,9 @@ class Reader:
         """
         if handed is None:
             return [read(raw, today) for raw in raws]
-        if handed.end != len(raws):
-            raise ValueError(f"{handed.end} messages handed to the worker, {len(raws)} to read")
+        handed_count = sum(len(p.raws) for p in handed.parts)
+        if handed_count != len(raws):
+            raise ValueError(f"{handed_count} messages handed to the worker, {len(raws)} to read")
         with self._lock:
             for part in handed.parts:
                 future = part.future
@@ -258,8 +253,8 @@ class Reader:
             assert part.future is not None
             try:
                 found = await asyncio.wrap_future(part.future)
-                if len(found) != part.end - part.start:
-                    raise RuntimeError(f"{len(found)} results for {part.end - part.start} messages")
+                if len(found) != len(part.raws):
+                    raise RuntimeError(f"{len(found)} results for {len(part.raws)} messages")
                 self._answered = True
                 out[i] = found
                 continue
@@ -274,18 +269,20 @@ class Reader:
 
     def _failed(self, exc: BaseException, pool: ProcessPoolExecutor | None = None) -> None:
         """A worker failed (``pool``: the one a part was given to, if known)."""
+        # Under the lock: the executor's thread (giving a part) and this one (awaiting a part)
+        # may both see the same dead worker.
         with self._lock:
             if pool is not None and pool is not self._pool:
                 return  # that worker was already let go (its other parts fail too)
-        self._failures += 1
-        log.warning(
-            "classifying worker failed (%s: %s): this chunk is read in-process%s",
-            type(exc).__name__,
-            exc,
-            "" if self._failures <= self.MAX_RESTARTS else ", and every chunk from now on",
-        )
-        self._answered = False
-        self._shutdown(wait=False)
+            self._failures += 1
+            log.warning(
+                "classifying worker failed (%s: %s): this chunk is read in-process%s",
+                type(exc).__name__,
+                exc,
+                "" if self._failures <= self.MAX_RESTARTS else ", and every chunk from now on",
+            )
+            self._answered = False
+            self._shutdown(wait=False)
 
     def _shutdown(self, wait: bool) -> None:
         pool, self._pool = self._pool, None
